@@ -1,0 +1,348 @@
+"""Configuration: one dataclass tree.
+
+Precedence: dataclass defaults < preset (`--preset`, see `srft.objective.PRESETS`)
+< YAML file (`--config`) < command-line flags. Every field is a flag,
+`--section.field VALUE` (dashes and underscores both accepted), plus the short
+forms `--preset`, `--output-dir`, `--max-steps`, `--seed`, `--model`.
+The resolved config is saved as `config.yaml` in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "testbed"
+    """A local folder or a hub id; "testbed" is the built-in base model (built and cached on first use)."""
+    dtype: str = "float32"
+    """Weights dtype for training: float32 or bfloat16."""
+    trust_remote_code: bool = False
+    """Run custom modelling code shipped with a model. Off unless asked for."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "testbed"
+    """Training data; "testbed" is the built-in reasoning testbed."""
+    reward: str = "testbed"
+    """Reward function: a built-in name ("testbed") or an import path "module:function" (TRL-style callable)."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this are an error."""
+    max_demo_tokens: int = 64
+    """Demonstrations longer than this follow `long_demo_policy`."""
+    long_demo_policy: str = "drop"
+    """"drop" the row or "truncate" the demonstration (counted in the logs either way)."""
+
+    def __post_init__(self):
+        if self.long_demo_policy not in ("drop", "truncate"):
+            raise ValueError(f"data.long_demo_policy must be 'drop' or 'truncate', got {self.long_demo_policy!r}")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """Rollout engine: "hf" (transformers, KV cache)."""
+    n_rollouts: int = 7
+    """On-policy samples per prompt (the paper's script: 7, plus 1 demonstration)."""
+    n_demos: int = 1
+    """Demonstrations per prompt placed in the same group (0 for pure RL)."""
+    temperature: float = 1.0
+    """Sampling temperature for rollouts (the paper: 1.0)."""
+    top_p: float = 1.0
+    max_new_tokens: int = 40
+    """Response budget in tokens."""
+    batch_size: int = 512
+    """Sequences generated at once."""
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which terms enter the loss and how (see srft.objective for the formulas)."""
+
+    sft_demo: bool = True
+    """L_SFT_demo: NLL on demonstration tokens, weighted by w_SFT."""
+    w_sft: str = "entropy"
+    """"entropy": w_SFT = w_sft_coef * sg(exp(w_sft_sign * H)) (Eq. 8); "constant": w_SFT = w_sft_coef."""
+    w_sft_coef: float = 0.5
+    w_sft_sign: float = -1.0
+    """-1 as in the paper (less SFT when uncertain); +1 as in the released script."""
+    rl_demo: bool = True
+    """L_RL_demo: off-policy term -A f(p) on demonstration tokens (Eq. 9-10)."""
+    demo_shaping_gamma: Optional[float] = None
+    """None: f(p) = p (paper); a number g: f(p) = p / (p + g) (LUFFY, g = 0.1)."""
+    rl_self: bool = True
+    """L_RL_self: clipped surrogate on on-policy rollout tokens (Eq. 11-12)."""
+    w_rl: str = "entropy"
+    """Weight on tokens of rollouts with A > 0. "entropy": w_rl_coef * sg(exp(w_rl_sign * H)); "constant": w_rl_coef."""
+    w_rl_coef: float = 0.1
+    w_rl_sign: float = 1.0
+    clip_eps: Optional[float] = 0.2
+    """PPO clip range; None disables clipping (LUFFY's on-policy term)."""
+    clip_eps_high: Optional[float] = None
+    """Upper clip range; None means equal to clip_eps."""
+    entropy_granularity: str = "batch"
+    """At which level H enters the weights: "token", "sequence" or "batch" (rollout-batch mean)."""
+    aggregation: str = "token-mean"
+    """"token-mean", "seq-mean-token-mean" or "token-sum-norm" (sum / (n_seqs * L_max))."""
+    normalize_over: str = "term"
+    """"term": each term is normalised by the counts of its own tokens (demo or rollout);
+    "batch": every term by the counts of the whole batch (verl / LUFFY)."""
+    max_len_norm: Optional[int] = None
+    """L_max for token-sum-norm; None uses the longest response budget."""
+    entropy_bonus: float = 0.0
+    """Coefficient of -mean(H) added to the loss (LUFFY's script: 0.001)."""
+    adv_std_norm: bool = True
+    """Divide group advantages by the group std (paper) or not (LUFFY)."""
+
+    def __post_init__(self):
+        from srft.losses import AGGREGATION_MODES, ENTROPY_GRANULARITIES
+
+        for name, value, allowed in [
+            ("w_sft", self.w_sft, ("entropy", "constant")),
+            ("w_rl", self.w_rl, ("entropy", "constant")),
+            ("entropy_granularity", self.entropy_granularity, ENTROPY_GRANULARITIES),
+            ("aggregation", self.aggregation, AGGREGATION_MODES),
+            ("normalize_over", self.normalize_over, ("term", "batch")),
+        ]:
+            if value not in allowed:
+                raise ValueError(f"objective.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    """"constant", "linear" or "cosine" decay after warm-up."""
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"optim.schedule must be constant, linear or cosine, got {self.schedule!r}")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "srft"
+    """Loss composition: see `srft presets` (srft, grpo, sft)."""
+    output_dir: str = "runs/srft"
+    max_steps: int = 80
+    """Optimiser steps x mini_batches_per_step... one step = one rollout batch."""
+    prompts_per_step: int = 32
+    """Prompts per rollout batch (each gives one group)."""
+    mini_batches: int = 1
+    """Optimiser steps per rollout batch (the paper: 1)."""
+    epochs_per_batch: int = 1
+    """Passes over each rollout batch."""
+    micro_batch_size: int = 128
+    """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    seed: int = 0
+    eval_every: int = 20
+    """Evaluate every N steps (0: only before and after)."""
+    save_every: int = 40
+    """Checkpoint every N steps (0: only the final model)."""
+    save_total_limit: int = 2
+    report_to: str = "none"
+    """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
+    logprob_chunk_size: int = 4096
+    """Positions per chunk when computing log-probs / entropies from logits."""
+
+    def __post_init__(self):
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ValueError(f"train.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
+
+
+@dataclass
+class EvalConfig:
+    temperature: float = 0.0
+    """0 = greedy (the testbed default, low noise); the paper's protocol uses 0.6."""
+    top_p: float = 1.0
+    k: int = 1
+    """Samples per problem (avg@k)."""
+    max_new_tokens: int = 48
+    batch_size: int = 512
+    limit: Optional[int] = None
+    """Evaluate on the first N problems of each set."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Cross-field checks; raises ValueError naming the field."""
+        r, t = self.rollout, self.train
+        group = r.n_rollouts + r.n_demos
+        if r.n_rollouts < 0 or r.n_demos < 0:
+            raise ValueError("rollout.n_rollouts and rollout.n_demos must be >= 0")
+        if group < 1:
+            raise ValueError("rollout.n_rollouts + rollout.n_demos must be >= 1")
+        if self.objective.rl_self and r.n_rollouts + r.n_demos < 2:
+            raise ValueError(f"a group needs at least 2 samples for advantages, got rollout.n_rollouts + "
+                             f"rollout.n_demos = {group}")
+        if (self.objective.sft_demo or self.objective.rl_demo) and r.n_demos < 1:
+            raise ValueError("objective.sft_demo / objective.rl_demo need rollout.n_demos >= 1")
+        if self.objective.rl_self and r.n_rollouts < 1:
+            raise ValueError("objective.rl_self needs rollout.n_rollouts >= 1")
+        if t.prompts_per_step < 1 or t.max_steps < 0:
+            raise ValueError("train.prompts_per_step must be >= 1 and train.max_steps >= 0")
+        if t.prompts_per_step % t.mini_batches != 0:
+            raise ValueError(f"train.mini_batches ({t.mini_batches}) must divide train.prompts_per_step "
+                             f"({t.prompts_per_step})")
+        if t.micro_batch_size < 1:
+            raise ValueError("train.micro_batch_size must be >= 1")
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+SHORT_FLAGS = {
+    "preset": "train.preset",
+    "output_dir": "train.output_dir",
+    "max_steps": "train.max_steps",
+    "seed": "train.seed",
+    "model": "model.name_or_path",
+}
+
+
+def _field_type(cls, name):
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _parse_value(text: Any, tp) -> Any:
+    """Convert a YAML / command-line value to the field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text is None or (isinstance(text, str) and text.lower() in ("none", "null", "")):
+            return None
+        return _parse_value(text, args[0])
+    if tp is bool:
+        if isinstance(text, bool):
+            return text
+        if str(text).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(text).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if tp is int:
+        if isinstance(text, float) and not text.is_integer():
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(text)
+    if tp is float:
+        return float(text)
+    return str(text) if text is not None else None
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Apply {"section.field": value} overrides; unknown keys raise naming the key."""
+    values = {s: dataclasses.asdict(getattr(cfg, s)) for s in SECTIONS}
+    for key, raw in overrides.items():
+        key = key.replace("-", "_")
+        if "." not in key:
+            raise ValueError(f"{source}: unknown config key {key!r} (expected section.field)")
+        section, name = key.split(".", 1)
+        if section not in values:
+            raise ValueError(f"{source}: unknown config section {section!r} in {key!r}; known: {SECTIONS}")
+        sub_cls = type(getattr(cfg, section))
+        known = [f.name for f in dataclasses.fields(sub_cls)]
+        if name not in known:
+            raise ValueError(f"{source}: unknown config field {key!r}; {section} has {known}")
+        try:
+            values[section][name] = _parse_value(raw, _field_type(sub_cls, name))
+        except ValueError as e:
+            raise ValueError(f"{source}: bad value for {key}: {e}") from None
+    return from_dict(values)
+
+
+def from_dict(values: dict) -> Config:
+    parts = {}
+    for s in SECTIONS:
+        sub_cls = type(getattr(Config(), s))
+        parts[s] = sub_cls(**values.get(s, {}))
+    return Config(**parts)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--config: no such file {path}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of sections")
+    return flatten(data)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (--section.field) plus the short forms."""
+    parser.add_argument("--config", help="YAML file with config sections (overrides the preset)")
+    for short, key in SHORT_FLAGS.items():
+        parser.add_argument(f"--{short.replace('_', '-')}", dest=f"short__{short}", default=None,
+                            help=f"same as --{key}")
+    cfg = Config()
+    for s in SECTIONS:
+        group = parser.add_argument_group(s)
+        for f in dataclasses.fields(getattr(cfg, s)):
+            flag = f"--{s}.{f.name}"
+            alt = f"--{s}.{f.name.replace('_', '-')}"
+            names = [flag] if alt == flag else [flag, alt]
+            group.add_argument(*names, dest=f"cfg__{s}.{f.name}", default=None, metavar="V",
+                               help=f"(default: {getattr(getattr(cfg, s), f.name)!r})")
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """defaults < preset < YAML < flags."""
+    from srft.objective import get_preset
+
+    flag_over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    for short, key in SHORT_FLAGS.items():
+        v = getattr(args, f"short__{short}", None)
+        if v is not None:
+            flag_over[key] = v
+    yaml_over = load_yaml(args.config) if getattr(args, "config", None) else {}
+    preset_name = flag_over.get("train.preset", yaml_over.get("train.preset", TrainConfig.preset))
+    preset = get_preset(preset_name)
+    cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")
+    cfg = apply_overrides(cfg, yaml_over, f"--config {getattr(args, 'config', '')}")
+    cfg = apply_overrides(cfg, flag_over, "command line")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,275 @@
+"""Pure tensor functions for every term, weight and advantage of SRFT.
+
+Everything here imports with torch alone, takes tensors (and plain numbers) and
+returns tensors. Nothing here knows about models, configs, tokenizers or rewards.
+`srft.objective` composes these functions into the SRFT objective and into every
+baseline.
+
+Paper: Fu et al., "SRFT: A Single-Stage Method with Supervised and Reinforcement
+Fine-Tuning for Reasoning", arXiv 2506.19767. Equation numbers below refer to it.
+
+Shapes: B = sequences in the (micro-)batch, T = response length (padded), V =
+vocabulary. `mask` is a (B, T) 0/1 tensor that is 1 on response tokens.
+
+Functions and the equations they compute
+----------------------------------------
+- `token_logprobs_and_entropy`: log pi(y_t | y_<t) and the full-vocabulary entropy
+  H_t = -sum_v pi(v) log pi(v) from logits, chunked over positions so that a long
+  sequence never holds all T x V float32 log-softmax values at once.
+- `clipped_surrogate`: on-policy PPO/GRPO term (Eq. 11-12 in its general advantage
+  form): l_t = -min(r_t A, clip(r_t, 1-eps_low, 1+eps_high) A), r_t = exp(logp - logp_old).
+- `off_policy_demo_term`: the RL term on demonstrations (Eq. 9-10): the behaviour
+  policy is set to 1 and clipping is dropped, so l_t = -A f(pi(y_t)) with
+  f(p) = p (paper) or f(p) = p / (p + gamma) (LUFFY's "policy shaping").
+- `nll`: the supervised term on demonstrations, l_t = -log pi(y_t).
+- `entropy_weight`: w = coef * sg(exp(sign * H)); w_SFT = 0.5 sg(exp(-H)) (Eq. 8),
+  w_RL = 0.1 sg(exp(+H)) (Eq. 12). Always detached.
+- `reduce_entropy`: H per token, per sequence (mean over its tokens) or per batch
+  (one mean), broadcast back to (B, T): the granularity at which H enters a weight.
+- `group_advantages`: A_k = (R_k - mean(G)) / std(G) over a group G that may mix
+  on-policy rollouts and demonstrations (G_aug in the paper); the std division is
+  optional (LUFFY omits it); a group whose rewards are all equal gives A = 0.
+- `aggregate`: the one loss-aggregation function shared by every term:
+  "token-mean", "seq-mean-token-mean", "token-sum-norm" (sum / (n_seqs * L_max),
+  LUFFY / Dr. GRPO). Normalisers are passed in as *global* counts so that the
+  sum of micro-batch losses equals the loss of the whole batch.
+
+Deviations and choices (the paper is silent on these)
+-----------------------------------------------------
+- std in `group_advantages` is the unbiased sample std (as in verl and TRL) plus
+  `eps` in the denominator.
+- `clipped_surrogate` also returns the per-token "clipped" indicator, i.e. the
+  tokens where the clipped branch was taken (the usual `clip_frac` metric).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "token-sum-norm")
+ENTROPY_GRANULARITIES = ("token", "sequence", "batch")
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: Optional[int] = 1024,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-prob of `labels` and full-vocabulary entropy at every position.
+
+    Args:
+        logits: (B, T, V), already aligned so that logits[:, t] predicts labels[:, t].
+        labels: (B, T) int64 token ids.
+        chunk_size: number of positions (over B*T) converted to float32 at a time;
+            None computes everything at once.
+        with_entropy: skip the entropy when False (returns None for it).
+
+    Returns:
+        logprobs (B, T) float32 and entropy (B, T) float32 (or None).
+        The entropy is differentiable; callers detach it where it enters a weight.
+    """
+    B, T, V = logits.shape
+    flat_logits = logits.reshape(B * T, V)
+    flat_labels = labels.reshape(B * T)
+    n = flat_logits.shape[0]
+    step = max(n, 1) if not chunk_size or chunk_size <= 0 else chunk_size
+    logp_chunks, ent_chunks = [], []
+    for start in range(0, n, step):
+        z = flat_logits[start : start + step].float()
+        lse = torch.logsumexp(z, dim=-1)
+        picked = torch.gather(z, -1, flat_labels[start : start + step].unsqueeze(-1)).squeeze(-1)
+        logp_chunks.append(picked - lse)
+        if with_entropy:
+            p = torch.softmax(z, dim=-1)
+            pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # 0 * -inf -> 0
+            ent_chunks.append(lse - pz.sum(-1))  # H = logsumexp(z) - E_p[z]
+    logprobs = torch.cat(logp_chunks).reshape(B, T)
+    entropy = torch.cat(ent_chunks).reshape(B, T) if with_entropy else None
+    return logprobs, entropy
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps_low: Optional[float] = 0.2,
+    clip_eps_high: Optional[float] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped policy-gradient surrogate (PPO / GRPO; SRFT Eq. 11-12).
+
+    l_t = -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A),  r_t = exp(logp_t - logp_old_t).
+    With `clip_eps_low=None` there is no clipping: l_t = -r_t A (LUFFY's on-policy term).
+
+    Args:
+        logprobs, old_logprobs: (B, T).
+        advantages: (B,) per sequence or (B, T) per token.
+        clip_eps_high: defaults to clip_eps_low (symmetric clip).
+
+    Returns:
+        (per-token loss (B, T), ratio (B, T) detached, clipped indicator (B, T) float).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    if clip_eps_low is None:
+        return -unclipped, ratio.detach(), torch.zeros_like(unclipped).detach()
+    high = clip_eps_low if clip_eps_high is None else clip_eps_high
+    clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    was_clipped = (clipped < unclipped).float().detach()
+    return loss, ratio.detach(), was_clipped
+
+
+def off_policy_demo_term(
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    shaping_gamma: Optional[float] = None,
+) -> torch.Tensor:
+    """Per-token off-policy RL term on demonstrations (SRFT Eq. 9-10).
+
+    The demonstrator's behaviour probability is unknown and set to 1, clipping is
+    dropped, so l_t = -A f(p_t) with p_t = pi(y_t):
+        f(p) = p                   if shaping_gamma is None (paper),
+        f(p) = p / (p + gamma)     otherwise (LUFFY policy shaping; gamma = 0.1).
+
+    Args:
+        logprobs: (B, T); advantages: (B,) or (B, T).
+    Returns:
+        per-token loss (B, T).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    p = torch.exp(logprobs)
+    f = p if shaping_gamma is None else p / (p + shaping_gamma)
+    return -advantages * f
+
+
+def nll(logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood, -log pi(y_t) (the SFT term)."""
+    return -logprobs
+
+
+def reduce_entropy(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    granularity: str = "token",
+    batch_value: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Entropy at the granularity where it enters a weight, broadcast to (B, T).
+
+    - "token": H_t itself.
+    - "sequence": mean of H over each sequence's masked tokens.
+    - "batch": one scalar; `batch_value` if given (e.g. the mean over the whole
+      rollout batch, so micro-batching does not change it), else the masked mean
+      of `entropy` over this tensor.
+    The result is detached.
+    """
+    entropy = entropy.detach()
+    mask = mask.to(entropy.dtype)
+    if granularity == "token":
+        return entropy
+    if granularity == "sequence":
+        per_seq = (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.unsqueeze(-1).expand_as(entropy)
+    if granularity == "batch":
+        if batch_value is None:
+            batch_value = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
+        return torch.as_tensor(batch_value, dtype=entropy.dtype).detach().expand_as(entropy)
+    raise ValueError(f"unknown entropy granularity {granularity!r}; known: {ENTROPY_GRANULARITIES}")
+
+
+def entropy_weight(entropy: torch.Tensor, coef: float, sign: float) -> torch.Tensor:
+    """w = coef * sg(exp(sign * H)).
+
+    w_SFT = 0.5 * sg(exp(-H)) is coef=0.5, sign=-1 (SRFT Eq. 8);
+    w_RL  = 0.1 * sg(exp(+H)) is coef=0.1, sign=+1 (SRFT Eq. 12).
+    Never differentiated through: the input is detached here whatever the caller did.
+    """
+    return coef * torch.exp(sign * entropy.detach())
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    normalize_std: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """GRPO advantages over groups that may mix rollouts and demonstrations.
+
+    A_k = (R_k - mean_G R) / (std_G R + eps) if normalize_std else R_k - mean_G R,
+    where G is the group of sample k (all samples sharing its group id: in SRFT the
+    augmented group G_aug = rollouts + demonstrations of one prompt). std is the
+    unbiased sample std. A group whose rewards are all equal (or of size 1) gives 0.
+
+    Args:
+        rewards: (N,) float.
+        group_ids: (N,) int64, any labels.
+    Returns:
+        (N,) float advantages.
+    """
+    rewards = rewards.float()
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
+    count = zeros.index_add(0, inverse, torch.ones_like(rewards))
+    mean = zeros.index_add(0, inverse, rewards) / count
+    centred = rewards - mean[inverse]
+    var = zeros.index_add(0, inverse, centred**2) / (count - 1).clamp(min=1.0)
+    std = var.sqrt()
+    # all-equal groups are detected exactly (max == min), not through a float std
+    hi = zeros.scatter_reduce(0, inverse, rewards, "amax", include_self=False)
+    lo = zeros.scatter_reduce(0, inverse, rewards, "amin", include_self=False)
+    degenerate = (hi == lo)[inverse] | (count[inverse] < 2)
+    adv = centred / (std[inverse] + eps) if normalize_std else centred
+    return torch.where(degenerate, torch.zeros_like(adv), adv)
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token-mean",
+    num_tokens: Optional[float] = None,
+    num_seqs: Optional[float] = None,
+    max_len: Optional[int] = None,
+) -> torch.Tensor:
+    """Aggregate a per-token loss to a scalar, normalised by global counts.
+
+    - "token-mean":          sum_{i,t} m l / N_tokens
+    - "seq-mean-token-mean": sum_i ( sum_t m l / sum_t m ) / N_seqs
+    - "token-sum-norm":      sum_{i,t} m l / (N_seqs * L_max)
+
+    N_tokens and N_seqs default to the counts in `mask` itself. Pass the counts of
+    the whole batch (all micro-batches, all ranks) to make the sum of micro-batch
+    losses equal the whole-batch loss. For the sequence modes a sequence counts in
+    N_seqs when it has at least one masked token.
+
+    Args:
+        per_token, mask: (B, T).
+        max_len: L_max for "token-sum-norm" (defaults to T).
+    """
+    mask = mask.to(per_token.dtype)
+    masked = per_token * mask
+    if mode == "token-mean":
+        denom = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=per_token.dtype)
+        return masked.sum() / denom.clamp(min=1.0)
+    seq_has = (mask.sum(-1) > 0).to(per_token.dtype)
+    n_seqs = seq_has.sum() if num_seqs is None else torch.as_tensor(num_seqs, dtype=per_token.dtype)
+    n_seqs = n_seqs.clamp(min=1.0)
+    if mode == "seq-mean-token-mean":
+        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.sum() / n_seqs
+    if mode == "token-sum-norm":
+        length = per_token.shape[-1] if max_len is None else max_len
+        return masked.sum() / (n_seqs * length)
+    raise ValueError(f"unknown aggregation mode {mode!r}; known: {AGGREGATION_MODES}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over positions where mask is 1 (0 when the mask is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)

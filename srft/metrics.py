@@ -1,0 +1,102 @@
+"""Metric names, their formulas, and where they are written.
+
+Every training step writes one JSON object to `metrics.jsonl`; with
+`train.report_to` set, the same values go to TensorBoard or W&B through
+accelerate's trackers. Names are namespaced; `METRICS` documents each one and
+`docs/metrics.md` is generated from it (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+METRICS: dict[str, str] = {
+    "step": "optimiser step (one rollout batch per step)",
+    "reward/mean": "mean reward of the on-policy rollouts of the step (demonstrations excluded)",
+    "reward/demo": "mean reward of the demonstrations in the groups",
+    "reward/accuracy": "share of rollouts with reward >= 1 (binary verifier: equals reward/mean)",
+    "reward/none": "number of samples the reward function returned None for (scored 0)",
+    "advantage/zero_groups": "share of groups whose rewards are all equal (A = 0 for all their samples)",
+    "entropy/rollout": "mean token entropy H = -sum_v p log p over rollout tokens, before the update",
+    "entropy/demo": "mean token entropy over demonstration tokens, before the update",
+    "weight/sft": "mean w_SFT over demonstration tokens (0.5 sg(exp(-H)) for srft, Eq. 8)",
+    "weight/rl": "mean w_RL over rollout tokens (0.1 sg(exp(H)) for srft, Eq. 12; applied where A > 0)",
+    "loss/total": "the objective: sum of the loss/* terms present",
+    "loss/sft_demo": "L_SFT_demo = agg(w_SFT * -log p) over demonstration tokens",
+    "loss/nll_demo": "unweighted token-mean NLL of the demonstrations, -mean log p",
+    "loss/rl_demo": "L_RL_demo = agg(-A f(p)) over demonstration tokens, f(p) = p or p/(p+gamma)",
+    "loss/rl_self": "L_RL_self = agg(w * -min(rA, clip(r)A)) over rollout tokens",
+    "loss/entropy_bonus": "-c * token-mean entropy (only when objective.entropy_bonus > 0)",
+    "policy/clip_frac": "share of rollout tokens where the clipped branch of the surrogate was taken",
+    "policy/ratio_mean": "mean ratio r = pi / pi_old over rollout tokens",
+    "policy/grad_norm": "global gradient norm before clipping (mean over the step's optimiser steps)",
+    "response_length/mean": "mean rollout length in tokens (EOS included)",
+    "response_length/max": "longest rollout in tokens",
+    "response_length/clip_ratio": "share of rollouts that hit rollout.max_new_tokens without EOS",
+    "response_length/demo": "mean demonstration length in tokens (EOS included)",
+    "time/rollout": "seconds generating rollouts",
+    "time/reward": "seconds scoring rollouts and demonstrations",
+    "time/old_logprob": "seconds in the no-grad pass giving pi_old and the entropies",
+    "time/update": "seconds in forward/backward/optimiser steps",
+    "time/step": "seconds for the whole step",
+    "throughput/rollout_tokens_per_s": "generated tokens / time/rollout",
+    "throughput/train_tokens_per_s": "prompt+response tokens through forward/backward / time/update",
+    "throughput/tokens_per_s": "(generated + trained tokens) / time/step",
+    "optim/lr": "learning rate used at this step",
+    "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",
+    "eval/<set>/accuracy": "avg@k accuracy on an evaluation set (written on evaluation steps)",
+}
+
+
+def doc_for(name: str) -> Optional[str]:
+    if name in METRICS:
+        return METRICS[name]
+    if name.startswith("eval/"):
+        return METRICS["eval/<set>/accuracy"]
+    return None
+
+
+def metrics_markdown() -> str:
+    lines = ["# Metrics", "", "Written once per step to `metrics.jsonl` (and TensorBoard / W&B with "
+             "`--train.report_to`). Generated from `srft/metrics.py`.", "", "| name | formula / meaning |",
+             "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in METRICS.items()]
+    return "\n".join(lines) + "\n"
+
+
+class MetricsWriter:
+    """Appends one JSON object per step; forwards to accelerate trackers."""
+
+    def __init__(self, path: Path, accelerator=None, use_trackers: bool = False):
+        self.path = Path(path)
+        self.accelerator = accelerator
+        self.use_trackers = use_trackers
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": step}
+        for k, v in values.items():
+            v = float(v) if not isinstance(v, (str, bool)) else v
+            row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.use_trackers and self.accelerator is not None:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"},
+                                 step=step)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+if __name__ == "__main__":  # python -m srft.metrics > docs/metrics.md
+    print(metrics_markdown(), end="")

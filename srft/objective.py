@@ -1,0 +1,202 @@
+"""The SRFT objective, composed in one place, and the preset registry.
+
+SRFT (arXiv 2506.19767) optimises on every step
+
+    L = L_SFT_demo + L_RL_demo + L_RL_self                                  (Eq. 13)
+
+    L_SFT_demo = agg_demo( w_SFT * -log pi(y_t) ),   w_SFT = 0.5 sg(exp(-H))    (Eq. 8)
+    L_RL_demo  = agg_demo( -A * f(pi(y_t)) ),        f(p) = p                   (Eq. 9-10)
+    L_RL_self  = agg_roll( w_t * -min(r A, clip(r, 1-eps, 1+eps) A) ),          (Eq. 11-12)
+                 w_t = 0.1 sg(exp(+H)) on tokens of rollouts with A > 0, else 1
+
+with A the group advantage over the augmented group (rollouts + demonstrations of
+one prompt), H the policy entropy (stop-gradient) and agg the aggregation of
+`srft.losses.aggregate` over demonstration (agg_demo) or rollout (agg_roll)
+tokens. Every baseline is another setting of the same switches
+(`ObjectiveConfig`), never another copy of a loss: see `PRESETS`.
+
+Choices where the paper is silent (each is an option of ObjectiveConfig):
+- aggregation: token-mean, each term normalised by the count of its own tokens
+  (demonstration tokens for the demo terms, rollout tokens for L_RL_self), over
+  the whole mini-batch (`normalize_over="term"`); verl / LUFFY normalise every
+  term by the whole batch (`normalize_over="batch"`).
+- H enters the weights at "batch" granularity by default: the mean token entropy
+  of the on-policy rollouts of the rollout batch, measured before the update
+  (the policy entropy the paper plots); "token" and "sequence" are options, in
+  which case each token uses its own entropy (demonstration tokens for w_SFT,
+  rollout tokens for w_RL) or its sequence's mean.
+- An optional entropy bonus (-c * mean H over all response tokens), 0 by default
+  (LUFFY's script: 0.001).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from srft import losses as L
+
+
+@dataclass
+class LossInputs:
+    """Per-token tensors of one micro-batch, response-aligned (B, T).
+
+    logprobs / entropy come from the current forward pass (with grad);
+    old_logprobs from the policy that sampled the rollouts (any value on
+    demonstration rows: they are not used there); advantages (B,); mask (B, T)
+    1 on response tokens; is_demo (B,) bool.
+    """
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    is_demo: torch.Tensor
+
+
+@dataclass
+class Normalizers:
+    """Counts over the whole mini-batch (all micro-batches, all ranks), so that the
+    sum of micro-batch losses is the mini-batch loss."""
+
+    demo_tokens: float
+    demo_seqs: float
+    rollout_tokens: float
+    rollout_seqs: float
+    max_len: int
+    batch_entropy: Optional[float] = None
+
+    @property
+    def all_tokens(self) -> float:
+        return self.demo_tokens + self.rollout_tokens
+
+    @property
+    def all_seqs(self) -> float:
+        return self.demo_seqs + self.rollout_seqs
+
+    @staticmethod
+    def from_masks(mask: torch.Tensor, is_demo: torch.Tensor, max_len: int, batch_entropy=None) -> "Normalizers":
+        d = mask[is_demo]
+        r = mask[~is_demo]
+        return Normalizers(
+            demo_tokens=float(d.sum()),
+            demo_seqs=float((d.sum(-1) > 0).sum()),
+            rollout_tokens=float(r.sum()),
+            rollout_seqs=float((r.sum(-1) > 0).sum()),
+            max_len=max_len,
+            batch_entropy=batch_entropy,
+        )
+
+
+def _weight(entropy_at: torch.Tensor, mode: str, coef: float, sign: float) -> torch.Tensor:
+    if mode == "constant":
+        return torch.full_like(entropy_at, coef)
+    return L.entropy_weight(entropy_at, coef, sign)
+
+
+def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective for one micro-batch. `cfg` is an `srft.config.ObjectiveConfig`.
+
+    Returns the loss (a scalar with grad) and detached metrics. Every returned
+    value is normalised by the mini-batch counts in `norms`, so summing them over
+    the micro-batches of a mini-batch gives the mini-batch value.
+    """
+    mask = x.mask.to(x.logprobs.dtype)
+    demo = x.is_demo.to(mask.dtype).unsqueeze(-1)
+    demo_mask, roll_mask = mask * demo, mask * (1 - demo)
+    H = L.reduce_entropy(x.entropy, mask, cfg.entropy_granularity, norms.batch_entropy)
+    max_len = cfg.max_len_norm or norms.max_len
+
+    def agg(per_token, which):
+        if cfg.normalize_over == "batch" or which == "all":
+            counts = dict(num_tokens=norms.all_tokens, num_seqs=norms.all_seqs)
+        elif which == "demo":
+            counts = dict(num_tokens=norms.demo_tokens, num_seqs=norms.demo_seqs)
+        else:
+            counts = dict(num_tokens=norms.rollout_tokens, num_seqs=norms.rollout_seqs)
+        m = {"demo": demo_mask, "roll": roll_mask, "all": mask}[which]
+        return L.aggregate(per_token, m, cfg.aggregation, max_len=max_len, **counts)
+
+    def token_mean(values, m, n):  # additive over micro-batches
+        return (values.detach() * m).sum() / max(n, 1.0)
+
+    terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, torch.Tensor] = {}
+    if cfg.sft_demo:
+        w_sft = _weight(H, cfg.w_sft, cfg.w_sft_coef, cfg.w_sft_sign)
+        terms["sft_demo"] = agg(w_sft * L.nll(x.logprobs), "demo")
+        metrics["weight/sft"] = token_mean(w_sft, demo_mask, norms.demo_tokens)
+        metrics["loss/nll_demo"] = token_mean(L.nll(x.logprobs), demo_mask, norms.demo_tokens)
+    if cfg.rl_demo:
+        terms["rl_demo"] = agg(L.off_policy_demo_term(x.logprobs, x.advantages, cfg.demo_shaping_gamma), "demo")
+    if cfg.rl_self:
+        per_tok, ratio, clipped = L.clipped_surrogate(
+            x.logprobs, x.old_logprobs, x.advantages, cfg.clip_eps, cfg.clip_eps_high
+        )
+        w_rl = _weight(H, cfg.w_rl, cfg.w_rl_coef, cfg.w_rl_sign)
+        positive = (x.advantages > 0).to(mask.dtype).unsqueeze(-1)
+        w_tok = positive * w_rl + (1 - positive)
+        terms["rl_self"] = agg(w_tok * per_tok, "roll")
+        metrics["weight/rl"] = token_mean(w_rl, roll_mask, norms.rollout_tokens)
+        metrics["policy/clip_frac"] = token_mean(clipped, roll_mask, norms.rollout_tokens)
+        metrics["policy/ratio_mean"] = token_mean(ratio, roll_mask, norms.rollout_tokens)
+    if cfg.entropy_bonus:
+        terms["entropy_bonus"] = -cfg.entropy_bonus * agg(x.entropy, "all")
+    total = sum(terms.values()) if terms else (x.logprobs * 0).sum()
+    for k, v in terms.items():
+        metrics[f"loss/{k}"] = v.detach()
+    metrics["loss/total"] = total.detach()
+    return total, metrics
+
+
+@dataclass
+class Preset:
+    name: str
+    summary: str
+    formula: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(p: Preset) -> Preset:
+    PRESETS[p.name] = p
+    return p
+
+
+register_preset(Preset(
+    "srft",
+    "SRFT: SFT + off-policy RL on demonstrations + on-policy RL, entropy-weighted (the paper's defaults).",
+    "L = 0.5 sg(e^-H) NLL(demo) - A f(p)(demo) + clipped PG(rollouts; w=0.1 sg(e^H) where A>0)",
+    {},
+))
+register_preset(Preset(
+    "grpo",
+    "GRPO / zero-RL: clipped policy gradient on 8 on-policy rollouts per prompt, no demonstrations.",
+    "L = token-mean over rollouts of -min(r A, clip(r) A), A = (R - mean) / std over 8 rollouts",
+    {
+        "rollout.n_rollouts": 8, "rollout.n_demos": 0,
+        "objective.sft_demo": False, "objective.rl_demo": False, "objective.rl_self": True,
+        "objective.w_rl": "constant", "objective.w_rl_coef": 1.0,
+    },
+))
+register_preset(Preset(
+    "sft",
+    "SFT: token-mean NLL on the demonstrations only, no rollouts.",
+    "L = token-mean over demonstration tokens of -log p",
+    {
+        "rollout.n_rollouts": 0, "rollout.n_demos": 1,
+        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
+        "objective.rl_demo": False, "objective.rl_self": False,
+    },
+))
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]

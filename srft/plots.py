@@ -1,0 +1,81 @@
+"""Plots of a run folder (PNG, matplotlib): reward, accuracy, entropy and the
+two entropy weights per step, from `metrics.jsonl` and `eval.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _series(rows, key):
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if v is not None and isinstance(v, (int, float)):
+            xs.append(r["step"])
+            ys.append(v)
+    return xs, ys
+
+
+def make_plots(run_dir) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from srft.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+
+    def plot(name, title, keys, ylabel):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        drawn = False
+        for key, label in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+                drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged by this preset", ha="center", va="center", transform=ax.transAxes)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    plot("reward", "Training reward", [("reward/mean", "rollouts"), ("reward/demo", "demonstrations")], "reward")
+    plot("entropy", "Policy entropy (before each update)",
+         [("entropy/rollout", "rollout tokens"), ("entropy/demo", "demonstration tokens")], "nats / token")
+    plot("weights", "Entropy-based weights", [("weight/sft", "w_SFT"), ("weight/rl", "w_RL")], "weight")
+    plot("response_length", "Response length", [("response_length/mean", "rollouts"),
+                                                 ("response_length/demo", "demonstrations")], "tokens")
+    # accuracy: from eval.json history (includes the step-0 evaluation)
+    history = []
+    ev = run_dir / "eval.json"
+    if ev.exists():
+        history = json.loads(ev.read_text()).get("history", [])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = [k for k in (history[0] if history else {}) if k != "step"]
+    for n in names:
+        ax.plot([h["step"] for h in history], [100 * h[n] for h in history], marker="o", label=n)
+    ax.set_title("Evaluation accuracy")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+    written.append(out / "accuracy.png")
+    return written

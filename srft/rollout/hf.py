@@ -1,0 +1,159 @@
+"""Rollout engine on a Hugging Face transformers model.
+
+Batched sampling with a KV cache (`transformers.DynamicCache`): prompts are left
+padded, position ids follow the attention mask, each step feeds only the new
+token. Sampling uses a private `torch.Generator`, so the same seed gives the same
+samples whatever else touched the global RNG. Supports temperature (0 = greedy),
+top-p, a max-new-tokens budget and stop tokens (EOS by default).
+
+The engine shares the trainer's model object, so `sync_weights` is a no-op; the
+model is put in eval mode while sampling and its training mode restored after.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from srft.rollout.base import RolloutOutput, SamplingParams
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the smallest set whose probability >= top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    cum = probs.cumsum(-1)
+    remove = (cum - probs) >= top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+
+
+def cache_kwarg_name(model) -> str:
+    """Newer transformers name the KV-cache argument `cache`, older ones `past_key_values`."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def keep_last_logits_kwarg(model) -> dict:
+    """Ask the model for the last position's logits only, where it supports it."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+class HFRolloutEngine:
+    def __init__(self, model, pad_token_id: int, eos_token_id: Optional[int], batch_size: int = 256):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.batch_size = batch_size
+        self._cache_kw = cache_kwarg_name(model)
+        self._keep_last = keep_last_logits_kwarg(model)
+
+    def sync_weights(self, model) -> None:  # shares the trainer's model
+        self.model = model
+        self._cache_kw = cache_kwarg_name(model)
+
+    def close(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: list[list[int]], params: SamplingParams, seed: Optional[int] = None
+    ) -> RolloutOutput:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(0 if seed is None else int(seed))
+        outs = [
+            self._generate_batch(prompt_ids[i : i + self.batch_size], params, gen)
+            for i in range(0, len(prompt_ids), self.batch_size)
+        ]
+        width = max(o.response_ids.shape[1] for o in outs)
+
+        def cat(name, fill):
+            parts = []
+            for o in outs:
+                t = getattr(o, name)
+                pad = width - t.shape[1]
+                parts.append(torch.nn.functional.pad(t, (0, pad), value=fill) if pad else t)
+            return torch.cat(parts)
+
+        return RolloutOutput(
+            response_ids=cat("response_ids", self.pad_token_id),
+            response_mask=cat("response_mask", 0),
+            logprobs=cat("logprobs", 0.0),
+            finished=torch.cat([o.finished for o in outs]),
+        )
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, gen) -> RolloutOutput:
+        from transformers import DynamicCache
+
+        model = self.model
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        n = len(prompts)
+        plen = max(len(p) for p in prompts)
+        input_ids = torch.full((n, plen), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((n, plen), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, plen - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attn[i, plen - len(p) :] = 1
+        input_ids, attn = input_ids.to(device), attn.to(device)
+        stops = set(params.stop_token_ids) or ({self.eos_token_id} if self.eos_token_id is not None else set())
+        stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+
+        cache = DynamicCache()
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        tokens, logps, masks = [], [], []
+        alive = torch.ones(n, dtype=torch.bool, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        step_ids, step_pos = input_ids, position_ids
+        try:
+            for _ in range(params.max_new_tokens):
+                out = model(
+                    input_ids=step_ids,
+                    attention_mask=attn,
+                    position_ids=step_pos,
+                    **{self._cache_kw: cache},
+                    use_cache=True,
+                    **self._keep_last,
+                )
+                logits = out.logits[:, -1, :].float()
+                if params.temperature and params.temperature > 0:
+                    scaled = logits / params.temperature
+                    logprob_all = torch.log_softmax(scaled, dim=-1)
+                    probs = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
+                    nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
+                else:
+                    logprob_all = torch.log_softmax(logits, dim=-1)
+                    nxt = logits.argmax(-1)
+                lp = logprob_all.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+                nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_token_id))
+                tokens.append(nxt)
+                logps.append(torch.where(alive, lp, torch.zeros_like(lp)))
+                masks.append(alive.long())
+                hit = alive & torch.isin(nxt, stop_t)
+                finished |= hit
+                alive = alive & ~hit
+                if not alive.any():
+                    break
+                step_ids = nxt.unsqueeze(-1)
+                step_pos = step_pos[:, -1:] + 1
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+        finally:
+            model.train(was_training)
+        if not tokens:
+            empty = torch.zeros((n, 0), dtype=torch.long)
+            return RolloutOutput(empty, empty.clone(), empty.float(), finished.cpu())
+        return RolloutOutput(
+            response_ids=torch.stack(tokens, 1).cpu(),
+            response_mask=torch.stack(masks, 1).cpu(),
+            logprobs=torch.stack(logps, 1).float().cpu(),
+            finished=finished.cpu(),
+        )

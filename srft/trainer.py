@@ -1,0 +1,482 @@
+"""The training loop: one rollout batch per step, on accelerate.
+
+Each step reads like the algorithm (SRFT, arXiv 2506.19767, Sec. 4):
+
+1. take `train.prompts_per_step` prompts;
+2. sample `rollout.n_rollouts` on-policy responses per prompt (rollout engine);
+3. put `rollout.n_demos` demonstrations of the prompt into the same group;
+4. score rollouts and demonstrations with the reward function;
+5. group advantages over each augmented group (`srft.losses.group_advantages`);
+6. a no-grad pass gives pi_old (the policy before this step's update) and the
+   token entropies (the H of the entropy weights and of the metrics);
+7. `train.mini_batches` optimiser steps, each over its share of the groups, with
+   gradient accumulation over micro-batches; the loss is `srft.objective.compute_loss`
+   normalised by mini-batch token counts, so micro-batching does not change it.
+
+Deviations and notes:
+- pi_old is recomputed by the trainer (as verl does) rather than taken from the
+  sampler; the sampler's log-probs are kept for the `policy/` diagnostics only.
+- Logits are divided by the rollout temperature before log-probs and entropies
+  (also for demonstration rows), so pi is the distribution rollouts were drawn from.
+- Multi-process (accelerate launch): each rank takes its own slice of the prompts,
+  token counts are summed over ranks, and the loss is multiplied by the number of
+  processes to undo DDP's gradient averaging. Only single-process runs are tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from srft import losses as L
+from srft.config import Config, flatten, save_config, to_dict
+from srft.data import PromptSampler, encode_completion, load_rows, pick_demos, prepare_examples
+from srft.metrics import MetricsWriter
+from srft.objective import LossInputs, Normalizers, compute_loss
+from srft.rewards import get_reward_fn, score_completions
+from srft.rollout.base import SamplingParams
+
+
+@dataclass
+class Sample:
+    group: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    is_demo: bool
+    reward: float = 0.0
+    advantage: float = 0.0
+    old_logprobs: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
+
+
+def resolve_model_path(name_or_path: str, log=print) -> str:
+    if name_or_path == "testbed":
+        from srft.testbed.base_model import ensure_base_model
+
+        return str(ensure_base_model(0, log=log))
+    return name_or_path
+
+
+def check_model_folder(path: str) -> None:
+    """A local model folder must exist and hold safetensors weights; anything that
+    does not look like a local path is treated as a hub id."""
+    p = Path(path)
+    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if not looks_local:
+        return
+    if not p.is_dir():
+        raise FileNotFoundError(f"model: no such folder {path}")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model: {path} has no config.json (not a Hugging Face model folder)")
+    if not any(p.glob("*.safetensors")):
+        pickles = [q.name for q in p.glob("*.bin")] + [q.name for q in p.glob("*.pt")]
+        hint = f" (found pickle weights {pickles}: convert them to safetensors)" if pickles else ""
+        raise FileNotFoundError(f"model: {path} has no *.safetensors weights{hint}")
+
+
+def load_model_and_tokenizer(name_or_path: str, model_cfg, log=print):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path, log=log)
+    check_model_folder(path)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {model_cfg.dtype!r}")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=True
+    )
+    return model, tok, path
+
+
+def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[str, torch.Tensor]:
+    """Prompts left-padded, responses right-padded, response-aligned tensors (B, T)."""
+    lp = max(len(s.prompt_ids) for s in samples)
+    lr = max(1, max(len(s.response_ids) for s in samples))
+    n = len(samples)
+    input_ids = torch.full((n, lp + lr), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, lp + lr), dtype=torch.long)
+    resp = torch.full((n, lr), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, lr))
+    old = torch.zeros((n, lr))
+    for i, s in enumerate(samples):
+        p, r = s.prompt_ids, s.response_ids
+        input_ids[i, lp - len(p) : lp] = torch.tensor(p, dtype=torch.long)
+        attn[i, lp - len(p) : lp + len(r)] = 1
+        if r:
+            input_ids[i, lp : lp + len(r)] = torch.tensor(r, dtype=torch.long)
+            resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+            if with_old and s.old_logprobs is not None:
+                old[i, : len(r)] = s.old_logprobs
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids,
+        "response_ids": resp, "mask": mask, "old_logprobs": old,
+        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        "is_demo": torch.tensor([s.is_demo for s in samples], dtype=torch.bool),
+    }
+
+
+def policy_forward(model, batch, temperature: float, chunk_size: int, with_entropy: bool = True):
+    """Log-probs (and entropies) of the response tokens under the model, (B, T)."""
+    lr = batch["response_ids"].shape[1]
+    device = next(model.parameters()).device
+    kwargs = {}
+    if "logits_to_keep" in getattr(policy_forward, "_params", {}).get(type(model), ()):
+        kwargs["logits_to_keep"] = lr + 1
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device),
+        use_cache=False,
+        **kwargs,
+    )
+    logits = out.logits[:, -(lr + 1) : -1, :]
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    return L.token_logprobs_and_entropy(logits, batch["response_ids"].to(device), chunk_size, with_entropy)
+
+
+def _register_forward_params(model):
+    import inspect
+
+    cache = policy_forward.__dict__.setdefault("_params", {})
+    cls = type(model)
+    if cls not in cache:
+        cache[cls] = tuple(inspect.signature(cls.forward).parameters)
+
+
+def lr_lambda(optim_cfg, total_steps: int):
+    def fn(step: int) -> float:
+        warm = optim_cfg.warmup_steps
+        if warm and step < warm:
+            return (step + 1) / warm
+        if optim_cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total_steps - warm)
+        progress = min(max(progress, 0.0), 1.0)
+        if optim_cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+class Trainer:
+    def __init__(self, cfg: Config, log=print):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg.validate()
+        self.cfg, self.log = cfg, log
+        self.out = Path(cfg.train.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        set_seed(cfg.train.seed)
+        log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
+        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out))
+        model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model, log)
+        _register_forward_params(model)
+        rows = load_rows(cfg.data.dataset, cfg.train.seed)
+        need_demos = cfg.rollout.n_demos > 0
+        self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=log)
+        self.reward_fn = get_reward_fn(cfg.data.reward)
+        self.eval_sets = self._eval_sets()
+        o = cfg.optim
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        self.total_optim_steps = cfg.train.max_steps * cfg.train.mini_batches * cfg.train.epochs_per_batch
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.total_optim_steps))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, opt, sched)
+        from srft.rollout.hf import HFRolloutEngine
+
+        if cfg.rollout.engine != "hf":
+            raise ValueError(f"rollout.engine: unknown engine {cfg.rollout.engine!r} (this version has 'hf')")
+        self.engine = HFRolloutEngine(self.unwrapped, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                                      cfg.rollout.batch_size)
+        self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
+        self.step = 0
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None)
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _eval_sets(self):
+        if self.cfg.data.dataset == "testbed":
+            from srft.evaluation import testbed_eval_sets
+
+            return testbed_eval_sets(self.cfg.eval.limit)
+        return {}
+
+    # ------------------------------------------------------------------ steps
+    def _sample_groups(self) -> tuple[list[Sample], dict]:
+        cfg, acc = self.cfg, self.accelerator
+        K, D = cfg.rollout.n_rollouts, cfg.rollout.n_demos
+        world, rank = acc.num_processes, acc.process_index
+        idx = self.sampler.next(cfg.train.prompts_per_step * world)[rank::world]
+        exs = [self.examples[i] for i in idx]
+        timings = {}
+        t0 = time.perf_counter()
+        roll_ids, finished = [], []
+        if K > 0:
+            self.engine.sync_weights(self.unwrapped)
+            params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+            seed = cfg.train.seed * 1_000_003 + self.step * 101 + rank
+            out = self.engine.generate([ex.prompt_ids for ex in exs for _ in range(K)], params, seed=seed)
+            roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]
+            finished = out.finished.tolist()
+        timings["time/rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        samples, prompts, texts, col_rows = [], [], [], []
+        for g, ex in enumerate(exs):
+            for k in range(K):
+                ids = roll_ids[g * K + k]
+                samples.append(Sample(g, ex.prompt_ids, ids, False))
+                texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                prompts.append(ex.prompt)
+                col_rows.append(ex)
+            for j in pick_demos(ex, D):
+                samples.append(Sample(g, ex.prompt_ids, ex.demo_ids[j], True))
+                texts.append(ex.demo_texts[j])
+                prompts.append(ex.prompt)
+                col_rows.append(ex)
+        keys = sorted({k for ex in exs for k in ex.columns})
+        columns = {k: [ex.columns.get(k) for ex in col_rows] for k in keys}
+        rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns)
+        adv = L.group_advantages(
+            torch.tensor(rewards), torch.tensor([s.group for s in samples]), cfg.objective.adv_std_norm
+        )
+        for s, r, a in zip(samples, rewards, adv.tolist()):
+            s.reward, s.advantage = r, a
+        timings["time/reward"] = time.perf_counter() - t0
+
+        roll = [s for s in samples if not s.is_demo]
+        demo = [s for s in samples if s.is_demo]
+        n_groups = len(exs)
+        zero_groups = sum(
+            1 for g in range(n_groups) if len({s.reward for s in samples if s.group == g}) <= 1
+        )
+        info = {
+            **timings,
+            "reward/mean": _mean([s.reward for s in roll]),
+            "reward/demo": _mean([s.reward for s in demo]),
+            "reward/accuracy": _mean([float(s.reward >= 1.0) for s in roll]),
+            "reward/none": float(n_none),
+            "advantage/zero_groups": zero_groups / max(1, n_groups),
+            "response_length/mean": _mean([len(s.response_ids) for s in roll]),
+            "response_length/max": float(max([len(s.response_ids) for s in roll], default=0)),
+            "response_length/clip_ratio": _mean([0.0 if f else 1.0 for f in finished]),
+            "response_length/demo": _mean([len(s.response_ids) for s in demo]),
+            "_gen_tokens": float(sum(len(s.response_ids) for s in roll)),
+        }
+        return samples, info
+
+    def _micro_batches(self, samples: list[Sample]):
+        mb = self.cfg.train.micro_batch_size
+        for i in range(0, len(samples), mb):
+            yield samples[i : i + mb]
+
+    @torch.no_grad()
+    def _old_logprobs(self, samples: list[Sample]) -> dict:
+        """pi_old and entropies of every sample, before the update."""
+        t0 = time.perf_counter()
+        pad = self.tokenizer.pad_token_id
+        sums = {"roll": [0.0, 0.0], "demo": [0.0, 0.0]}
+        for chunk in self._micro_batches(samples):
+            batch = collate(chunk, pad, with_old=False)
+            lp, ent = policy_forward(self.model, batch, self.cfg.rollout.temperature,
+                                     self.cfg.train.logprob_chunk_size)
+            for i, s in enumerate(chunk):
+                n = len(s.response_ids)
+                s.old_logprobs = lp[i, :n].detach().cpu()
+                s.entropy = ent[i, :n].detach().cpu()
+                key = "demo" if s.is_demo else "roll"
+                sums[key][0] += float(s.entropy.sum())
+                sums[key][1] += n
+        totals = self._reduce(torch.tensor([sums["roll"][0], sums["roll"][1], sums["demo"][0], sums["demo"][1]]))
+        ent_roll = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+        ent_demo = float(totals[2] / totals[3]) if totals[3] > 0 else float("nan")
+        return {"entropy/rollout": ent_roll, "entropy/demo": ent_demo,
+                "time/old_logprob": time.perf_counter() - t0}
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes > 1:
+            return self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum").cpu()
+        return t
+
+    def _update(self, samples: list[Sample], batch_entropy: Optional[float]) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        pad = self.tokenizer.pad_token_id
+        groups = sorted({s.group for s in samples})
+        per_mb = len(groups) // cfg.train.mini_batches
+        sums: dict[str, float] = {}
+        n_updates, grad_norms, skipped, trained_tokens = 0, [], 0, 0
+        max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
+        scale = float(self.accelerator.num_processes)
+        for _ in range(cfg.train.epochs_per_batch):
+            for m in range(cfg.train.mini_batches):
+                chosen = set(groups[m * per_mb : (m + 1) * per_mb])
+                mini = [s for s in samples if s.group in chosen]
+                demo_tok = sum(len(s.response_ids) for s in mini if s.is_demo)
+                demo_seq = sum(1 for s in mini if s.is_demo and s.response_ids)
+                roll_tok = sum(len(s.response_ids) for s in mini if not s.is_demo)
+                roll_seq = sum(1 for s in mini if not s.is_demo and s.response_ids)
+                counts = self._reduce(torch.tensor([demo_tok, demo_seq, roll_tok, roll_seq], dtype=torch.float64))
+                norms = Normalizers(*[float(c) for c in counts], max_len=max_len, batch_entropy=batch_entropy)
+                self.optimizer.zero_grad(set_to_none=True)
+                step_metrics: dict[str, float] = {}
+                for chunk in self._micro_batches(mini):
+                    batch = collate(chunk, pad)
+                    lp, ent = policy_forward(self.model, batch, cfg.rollout.temperature,
+                                             cfg.train.logprob_chunk_size)
+                    dev = lp.device
+                    x = LossInputs(lp, ent, batch["old_logprobs"].to(dev), batch["advantages"].to(dev),
+                                   batch["mask"].to(dev), batch["is_demo"].to(dev))
+                    loss, mets = compute_loss(x, norms, cfg.objective)
+                    self.accelerator.backward(loss * scale)
+                    trained_tokens += int(batch["attention_mask"].sum())
+                    for k, v in mets.items():
+                        step_metrics[k] = step_metrics.get(k, 0.0) + float(v)
+                gn = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                gn = float(gn)
+                if not math.isfinite(gn) or not math.isfinite(step_metrics.get("loss/total", 0.0)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self.log(f"[srft] step {self.step}: non-finite loss or gradient, update skipped")
+                else:
+                    self.optimizer.step()
+                self.scheduler.step()
+                grad_norms.append(gn)
+                n_updates += 1
+                for k, v in step_metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / max(1, n_updates) for k, v in sums.items()}
+        out["policy/grad_norm"] = _mean(grad_norms)
+        out["optim/skipped_updates"] = float(skipped)
+        out["time/update"] = time.perf_counter() - t0
+        out["_train_tokens"] = float(trained_tokens)
+        return out
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]
+        samples, info = self._sample_groups()
+        ent = self._old_logprobs(samples)
+        batch_entropy = ent["entropy/rollout"] if math.isfinite(ent["entropy/rollout"]) else ent["entropy/demo"]
+        upd = self._update(samples, batch_entropy if math.isfinite(batch_entropy) else None)
+        self.step += 1
+        m = {**info, **ent, **upd}
+        m["time/step"] = time.perf_counter() - t0
+        gen, trn = m.pop("_gen_tokens"), m.pop("_train_tokens")
+        m["throughput/rollout_tokens_per_s"] = gen / max(m["time/rollout"], 1e-9)
+        m["throughput/train_tokens_per_s"] = trn / max(m["time/update"], 1e-9)
+        m["throughput/tokens_per_s"] = (gen + trn) / max(m["time/step"], 1e-9)
+        m["optim/lr"] = lr
+        return m
+
+    # ------------------------------------------------------------------ eval, save
+    def evaluate(self) -> dict:
+        from srft.evaluation import evaluate
+
+        if not self.eval_sets:
+            return {}
+        self.engine.sync_weights(self.unwrapped)
+        return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
+                        engine=None, seed=self.cfg.train.seed)
+
+    def save_checkpoint(self) -> Path:
+        ck_root = self.out / "checkpoints"
+        ck_root.mkdir(exist_ok=True)
+        final = ck_root / f"step-{self.step:06d}"
+        tmp = ck_root / f".tmp-step-{self.step:06d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng_state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"step": self.step, "sampler": self.sampler.state_dict(), "model": self.model_path}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        kept = sorted(p for p in ck_root.iterdir() if p.name.startswith("step-"))
+        for old in kept[: max(0, len(kept) - self.cfg.train.save_total_limit)]:
+            shutil.rmtree(old)
+        return final
+
+    def save_final(self) -> Path:
+        final = self.out / "final"
+        tmp = self.out / ".tmp-final"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        save_config(cfg, self.out / "config.yaml")
+        if self.metrics.use_trackers:
+            hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(to_dict(cfg)).items()}
+            self.accelerator.init_trackers("srft", config=hp)
+        (self.out / "metrics.jsonl").write_text("")
+        t_start = time.perf_counter()
+        before = self.evaluate()
+        history = [{"step": 0, **{k: v["accuracy"] for k, v in before.items()}}] if before else []
+        self.log(f"[srft] preset={cfg.train.preset} model={self.model_path} steps={cfg.train.max_steps} "
+                 f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos}")
+        bar = tqdm(range(cfg.train.max_steps), desc=f"train {cfg.train.preset}", disable=None)
+        for _ in bar:
+            m = self.train_step()
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                res = self.evaluate()
+                for k, v in res.items():
+                    m[f"eval/{k}/accuracy"] = v["accuracy"]
+                if res:
+                    history.append({"step": self.step, **{k: v["accuracy"] for k, v in res.items()}})
+            self.metrics.write(self.step, m)
+            bar.set_postfix(reward=f"{m['reward/mean']:.2f}" if math.isfinite(m["reward/mean"]) else "-",
+                            H=f"{m['entropy/rollout']:.2f}" if math.isfinite(m["entropy/rollout"]) else "-")
+            if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                self.save_checkpoint()
+        after = self.evaluate()
+        if after:
+            history.append({"step": self.step, **{k: v["accuracy"] for k, v in after.items()}})
+            self.metrics.write(self.step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in after.items()})
+        final = self.save_final()
+        elapsed = time.perf_counter() - t_start
+        result = {"preset": cfg.train.preset, "steps": self.step, "model": self.model_path, "final": str(final),
+                  "train_seconds": round(elapsed, 1), "before": before, "after": after, "history": history}
+        (self.out / "eval.json").write_text(json.dumps(result, indent=2))
+        from srft.plots import make_plots
+
+        make_plots(self.out)
+        if self.metrics.use_trackers:
+            self.accelerator.end_training()
+        return result
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else float("nan")

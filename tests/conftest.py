@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny random Qwen2 model with the testbed tokenizer, built
+locally in a temporary folder (no download, a few seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_tiny_model(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from srft.testbed.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests never touch the user's cache unless SRFT_CACHE is set by the caller."""
+    if "SRFT_TEST_USE_CACHE" not in os.environ:
+        os.environ["SRFT_CACHE"] = str(tmp_path_factory.mktemp("srft_cache"))
+    yield

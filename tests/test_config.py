@@ -1,0 +1,78 @@
+"""Config: defaults < preset < YAML < flags; validation names the field."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+
+from srft.config import Config, add_config_flags, resolve_config, save_config
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    return resolve_config(p.parse_args(argv))
+
+
+def test_defaults_are_srft_on_testbed():
+    cfg = parse([])
+    assert cfg.train.preset == "srft"
+    assert cfg.model.name_or_path == "testbed" and cfg.data.dataset == "testbed"
+    assert cfg.objective.sft_demo and cfg.objective.rl_demo and cfg.objective.rl_self
+    assert cfg.objective.w_sft_coef == 0.5 and cfg.objective.w_sft_sign == -1.0
+    assert cfg.objective.w_rl_coef == 0.1 and cfg.objective.w_rl_sign == 1.0
+    assert cfg.model.trust_remote_code is False
+
+
+def test_precedence_preset_yaml_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml.safe_dump({"train": {"preset": "grpo", "max_steps": 7, "seed": 3},
+                                 "rollout": {"n_rollouts": 4}}))
+    cfg = parse(["--config", str(y)])
+    assert cfg.train.preset == "grpo" and cfg.rollout.n_demos == 0  # preset applied
+    assert cfg.rollout.n_rollouts == 4  # YAML beats the preset's 8
+    assert cfg.train.max_steps == 7
+    cfg = parse(["--config", str(y), "--max-steps", "9", "--rollout.n-rollouts", "5", "--seed", "11"])
+    assert (cfg.train.max_steps, cfg.rollout.n_rollouts, cfg.train.seed) == (9, 5, 11)  # flags win
+    cfg = parse(["--config", str(y), "--preset", "srft"])
+    assert cfg.rollout.n_demos == 1 and cfg.rollout.n_rollouts == 4
+
+
+def test_every_field_is_a_flag_and_types_parse():
+    cfg = parse(["--objective.clip_eps", "none", "--objective.sft_demo", "false", "--optim.lr", "3e-4",
+                 "--objective.demo_shaping_gamma", "0.1", "--train.output-dir", "x"])
+    assert cfg.objective.clip_eps is None and cfg.objective.sft_demo is False
+    assert cfg.optim.lr == 3e-4 and cfg.objective.demo_shaping_gamma == 0.1 and cfg.train.output_dir == "x"
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = parse(["--max-steps", "13", "--preset", "sft"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = parse(["--config", str(tmp_path / "config.yaml")])
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--objective.aggregation", "mean"], "objective.aggregation"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--optim.lr", "abc"], "optim.lr"),
+        (["--rollout.n_rollouts", "1", "--rollout.n_demos", "0"], "rollout.n"),
+        (["--train.mini_batches", "3"], "train.mini_batches"),
+        (["--objective.entropy_granularity", "word"], "objective.entropy_granularity"),
+        (["--train.report_to", "mlflow"], "train.report_to"),
+    ],
+)
+def test_bad_values_name_the_field(argv, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        parse(argv)
+
+
+def test_unknown_yaml_key_names_it(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("objective:\n  clip: 0.3\n")
+    with pytest.raises(ValueError, match="objective.clip"):
+        parse(["--config", str(y)])
