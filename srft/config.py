@@ -141,8 +141,10 @@ class TrainConfig:
     preset: str = "srft"
     """Loss composition: see `srft presets` (srft, grpo, sft)."""
     output_dir: str = "runs/srft"
-    max_steps: int = 80
-    """Optimiser steps x mini_batches_per_step... one step = one rollout batch."""
+    overwrite: bool = False
+    """Allow training into an output_dir that already holds a run (its files are replaced)."""
+    max_steps: int = 150
+    """Training steps; one step = one rollout batch (train.mini_batches optimiser steps)."""
     prompts_per_step: int = 32
     """Prompts per rollout batch (each gives one group)."""
     mini_batches: int = 1
@@ -152,9 +154,9 @@ class TrainConfig:
     micro_batch_size: int = 128
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
     seed: int = 0
-    eval_every: int = 20
+    eval_every: int = 25
     """Evaluate every N steps (0: only before and after)."""
-    save_every: int = 40
+    save_every: int = 50
     """Checkpoint every N steps (0: only the final model)."""
     save_total_limit: int = 2
     report_to: str = "none"

@@ -182,6 +182,9 @@ class Trainer:
         cfg.validate()
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.train.output_dir)
+        if not cfg.train.overwrite and any((self.out / n).exists() for n in ("metrics.jsonl", "final", "checkpoints")):
+            raise FileExistsError(f"train.output_dir {self.out} already holds a run; pass --output-dir NEW_DIR "
+                                  f"or --train.overwrite true to replace it")
         self.out.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.train.seed)
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
@@ -447,23 +450,23 @@ class Trainer:
         self.log(f"[srft] preset={cfg.train.preset} model={self.model_path} steps={cfg.train.max_steps} "
                  f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos}")
         bar = tqdm(range(cfg.train.max_steps), desc=f"train {cfg.train.preset}", disable=None)
+        after = before
         for _ in bar:
             m = self.train_step()
-            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+            last = self.step >= cfg.train.max_steps
+            if last or (cfg.train.eval_every and self.step % cfg.train.eval_every == 0):
                 res = self.evaluate()
                 for k, v in res.items():
                     m[f"eval/{k}/accuracy"] = v["accuracy"]
                 if res:
                     history.append({"step": self.step, **{k: v["accuracy"] for k, v in res.items()}})
+                if last:
+                    after = res
             self.metrics.write(self.step, m)
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}" if math.isfinite(m["reward/mean"]) else "-",
                             H=f"{m['entropy/rollout']:.2f}" if math.isfinite(m["entropy/rollout"]) else "-")
             if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                 self.save_checkpoint()
-        after = self.evaluate()
-        if after:
-            history.append({"step": self.step, **{k: v["accuracy"] for k, v in after.items()}})
-            self.metrics.write(self.step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in after.items()})
         final = self.save_final()
         elapsed = time.perf_counter() - t_start
         result = {"preset": cfg.train.preset, "steps": self.step, "model": self.model_path, "final": str(final),

@@ -27,6 +27,9 @@ def test_train_then_eval_subprocess(tiny_model_dir, tmp_path):
     assert (out / "final" / "model.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
     assert "max_steps: 2" in cfg and "seed: 1" in cfg
+    again = run(["train", "--model", str(tiny_model_dir), "--output-dir", str(out), "--max-steps", "1"])
+    assert again.returncode == 2 and "already holds a run" in again.stderr  # nothing is overwritten
+    assert (out / "final" / "model.safetensors").is_file()
     r = run(["eval", "--model", str(out / "final"), "--eval.limit", "5", "--eval.max_new_tokens", "6",
              "--output-dir", str(tmp_path / "ev")])
     assert r.returncode == 0, r.stderr[-3000:]

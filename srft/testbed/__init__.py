@@ -1,0 +1,1 @@
+"""The built-in reasoning testbed: tasks and verifier (`tasks`), tokenizer, base model."""

@@ -45,9 +45,9 @@ class BasePretrainConfig:
     """Documents are packed, separated by EOS, into rows of this many tokens."""
     frac_facts: float = 0.35
     frac_qa2: float = 0.10
-    frac_qa3: float = 0.22
-    frac_qa4: float = 0.05
-    frac_calc: float = 0.28
+    frac_qa3: float = 0.20
+    frac_qa4: float = 0.08
+    frac_calc: float = 0.27
 
 
 def cache_root() -> Path:
