@@ -201,12 +201,9 @@ class Trainer:
         self.total_optim_steps = cfg.train.max_steps * cfg.train.mini_batches * cfg.train.epochs_per_batch
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.total_optim_steps))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, opt, sched)
-        from srft.rollout.hf import HFRolloutEngine
+        from srft.rollout import make_engine
 
-        if cfg.rollout.engine != "hf":
-            raise ValueError(f"rollout.engine: unknown engine {cfg.rollout.engine!r} (this version has 'hf')")
-        self.engine = HFRolloutEngine(self.unwrapped, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                                      cfg.rollout.batch_size)
+        self.engine = make_engine(cfg.rollout.engine, self.unwrapped, self.tokenizer, cfg.rollout)
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
         self.step = 0
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None)
@@ -398,7 +395,7 @@ class Trainer:
             return {}
         self.engine.sync_weights(self.unwrapped)
         return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
-                        engine=None, seed=self.cfg.train.seed)
+                        engine=self.engine, seed=self.cfg.train.seed)
 
     def save_checkpoint(self) -> Path:
         ck_root = self.out / "checkpoints"
