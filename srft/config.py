@@ -28,15 +28,40 @@ class ModelConfig:
     """Weights dtype for training: float32 or bfloat16."""
     trust_remote_code: bool = False
     """Run custom modelling code shipped with a model. Off unless asked for."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about 30% more compute)."""
+    lora_r: int = 0
+    """LoRA rank through peft; 0 trains every weight."""
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    """peft target_modules: "all-linear" or a comma-separated list of module names."""
 
 
 @dataclass
 class DataConfig:
     dataset: str = "testbed"
-    """Training data; "testbed" is the built-in reasoning testbed."""
-    reward: str = "testbed"
-    """Reward function: a built-in name ("testbed") or an import path "module:function" (TRL-style callable)."""
-    max_prompt_tokens: int = 256
+    """Training data: "testbed" (built-in), "champ" (CHAMP math, from the champ-dataset package), a
+    .jsonl/.json/.csv/.tsv/.parquet file (verl/LUFFY parquet is detected by its reward_model column),
+    a datasets folder, or a hub id; NAME:SPLIT picks the split (default train)."""
+    prompt_column: Optional[str] = None
+    """Column holding the prompt (a string or a list of chat messages). None: "prompt"."""
+    demonstration_column: Optional[str] = None
+    """Column holding the demonstration(s): a string, a list of strings or assistant messages.
+    None: "demonstration" ("target" in verl/LUFFY parquet); may be absent when rollout.n_demos = 0."""
+    answer_column: Optional[str] = None
+    """Column holding the answer; "a.b" reads key b of mapping column a. None: "answer"
+    ("reward_model.ground_truth" in verl/LUFFY parquet)."""
+    system_prompt: Optional[str] = "default"
+    """System prompt put before string prompts when the tokenizer has a chat template; "default" is the
+    paper-style <think> ... </think> + \\boxed{} instruction (srft.data.DEFAULT_SYSTEM_PROMPT); none for no system turn."""
+    chat_template: str = "auto"
+    """"auto": use the tokenizer's chat template when it has one; "none": never."""
+    reward: str = "auto"
+    """Reward function: "auto" (the testbed's verifier on the testbed, else "math"), a built-in name
+    ("testbed", "math": last \\boxed{} + math-verify, letters for multiple choice) or an import path
+    "module:function" (a TRL-style callable)."""
+    max_prompt_tokens: int = 1024
     """Prompts longer than this are an error."""
     max_demo_tokens: int = 64
     """Demonstrations longer than this follow `long_demo_policy`."""
@@ -44,6 +69,12 @@ class DataConfig:
     """"drop" the row or "truncate" the demonstration (counted in the logs either way)."""
 
     def __post_init__(self):
+        if self.system_prompt == "default":
+            from srft.data import DEFAULT_SYSTEM_PROMPT
+
+            self.system_prompt = DEFAULT_SYSTEM_PROMPT
+        if self.chat_template not in ("auto", "none"):
+            raise ValueError(f"data.chat_template must be 'auto' or 'none', got {self.chat_template!r}")
         if self.long_demo_policy not in ("drop", "truncate"):
             raise ValueError(f"data.long_demo_policy must be 'drop' or 'truncate', got {self.long_demo_policy!r}")
 

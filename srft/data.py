@@ -5,17 +5,46 @@ messages), `demonstration` (a string, or a list of strings when a prompt has
 several), `answer` (the verifiable answer); any other column is passed to the
 reward function as a keyword argument.
 
+`load_rows(dataset, seed, columns)` reads, by the form of `dataset`:
+
+* ``"testbed"``: the built-in reasoning testbed;
+* ``"champ"``: the CHAMP competition-math set (``pip install --no-deps champ-dataset``);
+* a file: ``.jsonl`` / ``.ndjson`` / ``.json``, ``.csv`` / ``.tsv``, ``.parquet``;
+* a folder written by ``datasets.Dataset(Dict).save_to_disk``, any other folder
+  ``datasets.load_dataset`` can read, or a Hugging Face Hub id; ``NAME:SPLIT``
+  picks the split (default ``train``).
+
+A table with a ``reward_model`` column is read in the verl / LUFFY layout:
+``prompt`` (chat messages), ``target`` (the demonstration: a list of messages
+whose assistant contents are taken, or a string) and ``reward_model.ground_truth``
+(the answer). Otherwise the columns ``prompt``, ``demonstration`` and ``answer``
+are read; `columns` renames any of them (``{"prompt": "question"}``); a dotted
+name ``"a.b"`` reads key ``b`` of the mapping column ``a``. The columns read are
+replaced by the canonical ones; every other column passes through.
+
 Every row is validated before training starts; a bad row raises `DataError`
-naming the row and the field. Demonstrations longer than `data.max_demo_tokens`
-are dropped (the row is removed) or truncated, by `data.long_demo_policy`; both
-are counted and reported.
+naming the row and the field (rows counted from 0 in file order; blank JSONL
+lines are skipped). Demonstrations longer than `data.max_demo_tokens` are
+dropped (the row is removed) or truncated, by `data.long_demo_policy`; both are
+counted and reported.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
+
+CANONICAL = ("prompt", "demonstration", "answer")
+DEFAULT_COLUMNS = {"prompt": "prompt", "demonstration": "demonstration", "answer": "answer"}
+VERL_COLUMNS = {"prompt": "prompt", "demonstration": "target", "answer": "reward_model.ground_truth"}
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES = (".csv", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+BUILTIN_DATASETS = ("testbed", "champ")
 
 
 class DataError(ValueError):
@@ -35,20 +64,363 @@ class Example:
     columns: dict[str, Any] = field(default_factory=dict)
 
 
-def load_rows(dataset: str, seed: int = 0) -> list[dict]:
-    if dataset == "testbed":
-        from srft.testbed.tasks import build_splits
+# ---------------------------------------------------------------- loading
+def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None) -> list[dict]:
+    """Rows with the canonical keys `prompt`, `demonstration` (when the data has
+    one), `answer`, plus every other column. See the module docstring for the
+    accepted forms of `dataset`; `columns` maps canonical names to source
+    columns (None values mean the layout's default). Raises DataError."""
+    overrides = _check_columns(columns)
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise DataError(f"data.dataset: expected a dataset name, file or folder, got {dataset!r}")
+    dataset = dataset.strip()
+    if dataset in BUILTIN_DATASETS:
+        if overrides:
+            raise DataError(f"data.dataset={dataset!r} is built in and has fixed columns; column names "
+                            f"({', '.join(f'{k}={v!r}' for k, v in overrides.items())}) apply to files and "
+                            f"datasets only")
+        if dataset == "testbed":
+            from srft.testbed.tasks import build_splits
 
-        return [dict(r) for r in build_splits(0).train]
-    raise DataError(f"data.dataset: unknown dataset {dataset!r} (this version knows 'testbed')")
+            return [dict(r) for r in build_splits(0).train]
+        from srft.datasets_champ import load_champ_rows
+
+        return load_champ_rows()
+
+    path, split = Path(dataset).expanduser(), None
+    if not path.exists() and ":" in dataset:
+        name, _, maybe_split = dataset.rpartition(":")
+        if name and maybe_split and "/" not in maybe_split:
+            path, split = Path(name).expanduser(), maybe_split
+            dataset = name
+    if path.is_file():
+        if split is not None:
+            raise DataError(f"data.dataset: {path} is a single file; the ':{split}' split suffix is for "
+                            f"dataset folders and hub ids")
+        records, names = _read_file(path)
+        text_table = path.suffix.lower() in CSV_SUFFIXES
+        return _canonical_rows(records, names, overrides, str(path), prompt_json=text_table)
+    if path.is_dir():
+        return _load_hf(str(path), split, overrides, local=True)
+    if _looks_like_path(dataset):
+        raise DataError(f"data.dataset: no such file or folder: {path}")
+    return _load_hf(dataset, split, overrides, local=False)
 
 
-def encode_prompt(tokenizer, prompt) -> list[int]:
-    """A string prompt is tokenized as is; a list of messages goes through the
-    tokenizer's chat template with the generation prompt added."""
-    if isinstance(prompt, str):
+def _check_columns(columns) -> dict[str, str]:
+    if columns is None:
+        return {}
+    if not isinstance(columns, dict):
+        raise DataError(f"data columns: expected a mapping like {{'prompt': 'question'}}, got {columns!r}")
+    out = {}
+    for k, v in columns.items():
+        if k not in CANONICAL:
+            raise DataError(f"data columns: unknown field {k!r}; the fields are {list(CANONICAL)}")
+        if v is None or (isinstance(v, str) and v.strip() == ""):
+            continue
+        if not isinstance(v, str):
+            raise DataError(f"data columns: the column for {k!r} must be a string, got {v!r}")
+        out[k] = v
+    return out
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or
+            name.lower().endswith(JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES) or name.count("/") > 1)
+
+
+def _read_file(path: Path) -> tuple[list[dict], list[str]]:
+    suffix = path.suffix.lower()
+    if suffix in JSON_SUFFIXES:
+        records, names = _read_json(path)
+    elif suffix in CSV_SUFFIXES:
+        records, names = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix in PARQUET_SUFFIXES:
+        records, names = _read_parquet(path)
+    else:
+        raise DataError(f"{path}: unknown data file type {suffix or '(no suffix)'!r}; use .jsonl, .json, .csv, "
+                        f".tsv or .parquet, or a dataset folder")
+    if not records:
+        raise DataError(f"{path}: the file has no data rows")
+    return records, names
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file: {e.strerror or e}") from None
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        f"save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} line {line}: the file holds binary data (NUL bytes), not text")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _column_names(records: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            names.setdefault(k, None)
+    return list(names)
+
+
+def _read_json(path: Path) -> tuple[list[dict], list[str]]:
+    text = _decode(path, _read_bytes(path))
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        for i, r in enumerate(data):
+            if not isinstance(r, dict):
+                raise DataError(f"{path}: row {i} is a JSON {type(r).__name__}, expected an object with "
+                                f"the row's fields")
+        return data, _column_names(data)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("{"):
+        try:  # one (possibly pretty-printed) object; otherwise read as JSON Lines below
+            one = json.loads(text)
+            return [one], list(one)
+        except json.JSONDecodeError:
+            pass
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(r, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object with the row's fields, "
+                            f"got a {type(r).__name__}")
+        records.append(r)
+    return records, _column_names(records)
+
+
+def _read_csv(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+    text = _decode(path, _read_bytes(path))
+    old = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: the file is empty (no header line)")
+            header = [h.strip() for h in header]
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise DataError(f"{path} line 1: duplicate column names {dup}")
+            records = []
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise DataError(f"{path} line {reader.line_num}: {len(cells)} fields, the header has "
+                                    f"{len(header)} ({header})")
+                records.append(dict(zip(header, cells)))
+        except csv.Error as e:
+            raise DataError(f"{path} line {reader.line_num}: malformed CSV: {e}") from None
+    finally:
+        csv.field_size_limit(old)
+    return records, header
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet files needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # ArrowInvalid, OSError, ...
+        raise DataError(f"{path}: cannot read as parquet: {e}") from None
+    return table.to_pylist(), list(table.column_names)
+
+
+def _load_hf(name: str, split: Optional[str], overrides: dict, local: bool) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"data.dataset={name!r}: loading dataset folders and hub datasets needs the "
+                        f"`datasets` package (pip install datasets)") from None
+    where = f"{name}" + (f" split {split!r}" if split else "")
+    p = Path(name).expanduser()
+    if local and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except Exception as e:
+            raise DataError(f"{p}: cannot load the saved dataset: {e}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            split = split or "train"
+            if split not in ds:
+                raise DataError(f"{p}: no split {split!r}; the splits are {list(ds)} (use {name}:SPLIT)")
+            ds, where = ds[split], f"{p} split {split!r}"
+        elif split is not None:
+            raise DataError(f"{p} is a single saved Dataset without splits; drop the ':{split}' suffix")
+    else:
+        split = split or "train"
+        try:
+            ds = datasets.load_dataset(str(p) if local else name, split=split)
+        except Exception as e:
+            hint = "" if local else " (not a local file or folder, so it was looked up on the Hugging Face Hub)"
+            raise DataError(f"data.dataset={name!r}: cannot load split {split!r}{hint}: "
+                            f"{type(e).__name__}: {e}") from None
+        where = f"{name} split {split!r}"
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(f"{where}: expected a table dataset, got {type(ds).__name__}")
+    if len(ds) == 0:
+        raise DataError(f"{where}: the dataset has no rows")
+    return _canonical_rows(ds.to_list(), list(ds.column_names), overrides, where)
+
+
+def _canonical_rows(records: list[dict], names: list[str], overrides: dict, where: str,
+                    prompt_json: bool = False) -> list[dict]:
+    """Map source columns to `prompt` / `demonstration` / `answer` (verl layout
+    detected by a `reward_model` column) and normalise values to plain Python."""
+    verl = "reward_model" in names
+    mapping = {**(VERL_COLUMNS if verl else DEFAULT_COLUMNS), **overrides}
+    getters: dict[str, tuple[str, Optional[str]]] = {}
+    consumed: set[str] = set()
+    for fld in CANONICAL:
+        col = mapping[fld]
+        if col in names:
+            getters[fld] = (col, None)
+        elif "." in col and col.split(".", 1)[0] in names:
+            getters[fld] = tuple(col.split(".", 1))  # type: ignore[assignment]
+        elif fld == "demonstration" and fld not in overrides:
+            continue  # no demonstrations in this data (fine unless the preset needs them)
+        else:
+            how = "configured" if fld in overrides else ("default for the verl/LUFFY layout" if verl else "default")
+            raise DataError(f"{where}: no column {col!r} for field {fld!r} ({how}); the columns are {names}. "
+                            f"Name the column with data.{fld}_column (load_rows(columns={{{fld!r}: ...}}))")
+        consumed.add(getters[fld][0])
+    out = []
+    for i, rec in enumerate(records):
+        row: dict[str, Any] = {}
+        for fld, (col, key) in getters.items():
+            value = rec.get(col)
+            if key is not None and value is not None:
+                value = _plain(value)
+                if not isinstance(value, dict):
+                    raise DataError(f"{where} row {i}: field {fld!r}: column {col!r} should be a mapping "
+                                    f"holding {key!r}, got {type(value).__name__}")
+                value = value.get(key)
+            src = col if key is None else f"{col}.{key}"
+            if fld == "prompt":
+                row[fld] = _norm_prompt(value, prompt_json)
+            elif fld == "demonstration":
+                row[fld] = _norm_demo(value, f"{where} row {i}: field 'demonstration' (column {src!r})")
+            else:
+                row[fld] = _norm_answer(value)
+        for k, v in rec.items():
+            if k not in consumed and k not in CANONICAL:
+                row[k] = _plain(v)
+        out.append(row)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """numpy arrays / scalars (pandas, pyarrow) to plain Python, recursively."""
+    if type(v).__module__ == "numpy" and hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _norm_prompt(v: Any, prompt_json: bool) -> Any:
+    v = _plain(v)
+    if isinstance(v, str) and prompt_json and v.lstrip().startswith("["):
+        try:  # a CSV cell holding a TRL conversational prompt as a JSON list of messages
+            parsed = json.loads(v)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and "role" in m for m in parsed):
+            v = parsed
+    if isinstance(v, list):
+        # struct columns give every message every key; a key absent from a message comes back as None
+        return [{k: x for k, x in m.items() if x is not None} if isinstance(m, dict) else m for m in v]
+    return v
+
+
+def _norm_demo(v: Any, what: str) -> Any:
+    """A string, a list of strings, or chat messages (the assistant contents are
+    taken, one demonstration each); one demonstration comes back as a string."""
+    v = _plain(v)
+    if isinstance(v, dict):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        return v
+    parts, has_messages = [], False
+    for x in v:
+        if isinstance(x, dict):
+            has_messages = True
+            if x.get("role") in (None, "assistant"):
+                parts.append(x.get("content"))
+        else:
+            parts.append(x)
+    if has_messages and not parts:
+        roles = sorted({str(x.get("role")) for x in v if isinstance(x, dict)})
+        raise DataError(f"{what} has no assistant message (roles: {roles})")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _norm_answer(v: Any) -> Any:
+    v = _plain(v)
+    if isinstance(v, float) and v != v:  # NaN: an empty cell
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+# ---------------------------------------------------------------- encoding and validation
+
+DEFAULT_SYSTEM_PROMPT = (
+    "A conversation between a user and an assistant. The assistant first thinks the problem through, "
+    "writing its reasoning inside <think> </think> tags, and then gives the solution with the final answer "
+    "in \\boxed{}, i.e. <think> reasoning here </think> solution with the final answer in \\boxed{}."
+)
+
+
+def to_messages(prompt, system_prompt: Optional[str]) -> list[dict]:
+    """A string prompt as chat messages: the system prompt (if any) then the user turn."""
+    if not isinstance(prompt, str):
+        return list(prompt)
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": prompt}]
+
+
+def encode_prompt(tokenizer, prompt, system_prompt: Optional[str] = None, chat: str = "auto") -> list[int]:
+    """Token ids of a prompt, ready for generation.
+
+    chat="auto": when the tokenizer has a chat template, a string prompt becomes
+    [system_prompt (if not None), user] and a message list is used as is, through the
+    template with the generation prompt; without a template a string prompt is
+    tokenized as is and a message list is joined as "content" blocks separated by
+    blank lines (the testbed's tokenizer has no template). chat="none": never use
+    a template (message lists are joined as above).
+    """
+    has_template = chat != "none" and getattr(tokenizer, "chat_template", None)
+    if isinstance(prompt, str) and not has_template:
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    messages = to_messages(prompt, system_prompt)
+    if not has_template:
+        text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)
@@ -60,32 +432,96 @@ def encode_completion(tokenizer, text: str) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
+def _check_prompt(i: int, row: dict) -> Any:
+    prompt = row.get("prompt")
+    if prompt is None:
+        raise DataError(f"row {i}: field 'prompt' is missing")
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"row {i}: field 'prompt' is empty")
+        return prompt
+    if not isinstance(prompt, (list, tuple)):
+        raise DataError(f"row {i}: field 'prompt' must be a string or a list of chat messages, "
+                        f"got {type(prompt).__name__}")
+    if not prompt:
+        raise DataError(f"row {i}: field 'prompt' is an empty message list")
+    for j, m in enumerate(prompt):
+        if not isinstance(m, dict):
+            raise DataError(f"row {i}: field 'prompt' message {j} must be a mapping with 'role' and 'content', "
+                            f"got {type(m).__name__}")
+        for key in ("role", "content"):
+            if m.get(key) is None:
+                raise DataError(f"row {i}: field 'prompt' message {j} has no {key!r} "
+                                f"(each message needs 'role' and 'content')")
+        if not isinstance(m["role"], str) or not m["role"].strip():
+            raise DataError(f"row {i}: field 'prompt' message {j}: 'role' must be a non-empty string, "
+                            f"got {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise DataError(f"row {i}: field 'prompt' message {j}: 'content' must be a string, "
+                            f"got {type(m['content']).__name__}")
+    if not any(m["content"].strip() for m in prompt):
+        raise DataError(f"row {i}: field 'prompt' is empty (every message has empty 'content')")
+    return list(prompt)
+
+
+def _check_answer(i: int, row: dict) -> Any:
+    answer = row.get("answer")
+    if answer is None or (isinstance(answer, float) and answer != answer):
+        raise DataError(f"row {i}: field 'answer' is missing")
+    if (isinstance(answer, str) and not answer.strip()) or (isinstance(answer, (list, tuple, dict)) and not answer):
+        raise DataError(f"row {i}: field 'answer' is empty")
+    return answer
+
+
+def _check_demos(i: int, row: dict, need_demos: bool) -> list[str]:
+    d = row.get("demonstration")
+    if d is None:
+        demos = []
+    elif isinstance(d, str):
+        demos = [d]
+    elif isinstance(d, (list, tuple)):
+        for k, x in enumerate(d):
+            if not isinstance(x, str):
+                raise DataError(f"row {i}: field 'demonstration' item {k} must be a string, got {type(x).__name__}")
+        demos = list(d)
+    else:
+        raise DataError(f"row {i}: field 'demonstration' must be a string or a list of strings, "
+                        f"got {type(d).__name__}")
+    if need_demos:
+        why = "(rollout.n_demos > 0: the preset places demonstrations in every group)"
+        if d is None:
+            raise DataError(f"row {i}: field 'demonstration' is missing {why}")
+        if not demos:
+            raise DataError(f"row {i}: field 'demonstration' is an empty list {why}")
+        for k, x in enumerate(demos):
+            if not x.strip():
+                item = "" if isinstance(d, str) else f" item {k}"
+                raise DataError(f"row {i}: field 'demonstration'{item} is empty {why}")
+    return demos
+
+
+def validate_row(i: int, row: dict, need_demos: bool) -> tuple[Any, list[str], Any]:
+    """(prompt, demonstrations, answer) of row i, or DataError naming the row and field."""
+    if not isinstance(row, dict):
+        raise DataError(f"row {i}: expected a mapping of fields, got {type(row).__name__}")
+    prompt = _check_prompt(i, row)
+    answer = _check_answer(i, row)
+    demos = _check_demos(i, row, need_demos)
+    return prompt, demos, answer
+
+
 def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, log=print) -> list[Example]:
     """Validate and encode every row before training."""
     if not rows:
         raise DataError("the training dataset is empty")
     examples, dropped, truncated = [], 0, 0
     for i, row in enumerate(rows):
-        prompt = row.get("prompt")
-        if prompt is None or (isinstance(prompt, str) and not prompt.strip()) or (
-            isinstance(prompt, list) and not prompt
-        ):
-            raise DataError(f"row {i}: field 'prompt' is missing or empty")
-        if isinstance(prompt, list):
-            for j, m in enumerate(prompt):
-                if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                    raise DataError(f"row {i}: field 'prompt' message {j} needs 'role' and 'content'")
-        answer = row.get("answer")
-        if answer is None or str(answer).strip() == "":
-            raise DataError(f"row {i}: field 'answer' is missing or empty")
-        demos = row.get("demonstration")
-        demos = [] if demos is None else ([demos] if isinstance(demos, str) else list(demos))
-        if need_demos and (not demos or any(not isinstance(d, str) or not d.strip() for d in demos)):
-            raise DataError(f"row {i}: field 'demonstration' is missing or empty (the preset uses demonstrations)")
-        prompt_ids = encode_prompt(tokenizer, prompt)
+        prompt, demos, answer = validate_row(i, row, need_demos)
+        prompt_ids = encode_prompt(tokenizer, prompt, getattr(data_cfg, "system_prompt", None),
+                                   getattr(data_cfg, "chat_template", "auto"))
         if len(prompt_ids) > data_cfg.max_prompt_tokens:
             raise DataError(f"row {i}: field 'prompt' has {len(prompt_ids)} tokens, more than "
-                            f"data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
+                            f"data.max_prompt_tokens={data_cfg.max_prompt_tokens} (raise it or shorten the prompt)")
         demo_ids, keep = [], True
         for d in demos:
             ids = encode_completion(tokenizer, d)

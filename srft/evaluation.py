@@ -30,9 +30,10 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0) -> dict:
     """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}."""
-    from srft.rollout.hf import HFRolloutEngine
+    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
-    engine = engine or HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, eval_cfg.batch_size)
+    engine = engine or HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer),
+                                       eval_cfg.batch_size)
     k = 1 if not eval_cfg.temperature else max(1, eval_cfg.k)
     params = SamplingParams(
         max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p

@@ -21,10 +21,15 @@ RewardFn = Callable[..., list]
 
 BUILTIN_REWARDS = {
     "testbed": "srft.testbed.tasks:chain_sum_reward",
+    "math": "srft.math_reward:math_reward",
 }
 
 
-def get_reward_fn(name: str) -> RewardFn:
+def get_reward_fn(name: str, dataset: str = "testbed") -> RewardFn:
+    """The reward callable for `name`; "auto" picks the testbed's verifier for the
+    testbed and the math verifier for any other dataset."""
+    if name == "auto":
+        name = "testbed" if dataset == "testbed" else "math"
     path = BUILTIN_REWARDS.get(name, name)
     if ":" in path:
         module, attr = path.split(":", 1)

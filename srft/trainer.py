@@ -150,12 +150,9 @@ def policy_forward(model, batch, temperature: float, chunk_size: int, with_entro
 
 
 def _register_forward_params(model):
-    import inspect
+    from srft.rollout.hf import _forward_params
 
-    cache = policy_forward.__dict__.setdefault("_params", {})
-    cls = type(model)
-    if cls not in cache:
-        cache[cls] = tuple(inspect.signature(cls.forward).parameters)
+    policy_forward.__dict__.setdefault("_params", {})[type(model)] = tuple(_forward_params(model))
 
 
 def lr_lambda(optim_cfg, total_steps: int):
@@ -190,11 +187,14 @@ class Trainer:
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
         self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out))
         model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model, log)
+        model = self._adapt_model(model)
         _register_forward_params(model)
-        rows = load_rows(cfg.data.dataset, cfg.train.seed)
+        d = cfg.data
+        rows = load_rows(d.dataset, cfg.train.seed, columns={
+            "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         need_demos = cfg.rollout.n_demos > 0
         self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=log)
-        self.reward_fn = get_reward_fn(cfg.data.reward)
+        self.reward_fn = get_reward_fn(cfg.data.reward, cfg.data.dataset)
         self.eval_sets = self._eval_sets()
         o = cfg.optim
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
@@ -207,6 +207,26 @@ class Trainer:
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
         self.step = 0
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None)
+
+    def _adapt_model(self, model):
+        """Gradient checkpointing and LoRA (peft), as configured."""
+        m = self.cfg.model
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if m.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            targets = m.lora_target_modules
+            targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+            model = get_peft_model(model, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                                                     target_modules=targets, task_type="CAUSAL_LM"))
+            if m.gradient_checkpointing:
+                model.enable_input_require_grads()
+        return model
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.unwrapped, "peft_config")
 
     @property
     def unwrapped(self):
@@ -421,11 +441,18 @@ class Trainer:
         return final
 
     def save_final(self) -> Path:
+        """The trained model in its own format (safetensors). With LoRA: the adapter
+        in final/adapter and the merged model in final/ (so final/ loads with
+        AutoModelForCausalLM either way)."""
         final = self.out / "final"
         tmp = self.out / ".tmp-final"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        model = self.unwrapped
+        if self.is_peft:
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         if final.exists():
             shutil.rmtree(final)

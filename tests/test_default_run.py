@@ -19,7 +19,7 @@ from srft.metrics import read_metrics
 def test_default_srft_train_learns(tmp_path):
     env = {**os.environ, "SRFT_CACHE": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-m", "srft.cli", "train"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=1800)
+                       text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path / "runs" / "srft"
     print(r.stdout[-1500:])

@@ -96,3 +96,43 @@ def test_tensorboard_when_asked(tiny_model_dir, tmp_path):
     Trainer(cfg, log=lambda *a: None).train()
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_lora_and_gradient_checkpointing(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model_dir, out, **{"model.lora_r": 4, "model.gradient_checkpointing": True,
+                                           "train.save_every": 0})
+    Trainer(cfg, log=lambda *a: None).train()
+    assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()  # plain transformers load
+    assert set(before) == set(merged)
+    changed = [k for k in before if not torch.equal(before[k], merged[k])]
+    assert any("q_proj" in k for k in changed) and any("mlp" in k for k in changed)
+    assert not any("norm" in k for k in changed)  # LoRA touches only the adapted linear layers
+
+
+def test_trains_on_a_luffy_parquet(tiny_model_dir, tmp_path):
+    """The verl / LUFFY layout (prompt messages, demonstration in `target`, answer in
+    reward_model.ground_truth) trains with the same command, scored by the math verifier."""
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for i, (q, a) in enumerate([("1+1?", "2"), ("2+3?", "5"), ("half of 1?", "\\frac{1}{2}"), ("3*3?", "9")]):
+        rows.append({
+            "data_source": "toy",
+            "prompt": [{"role": "system", "content": "Think, then box."}, {"role": "user", "content": q}],
+            "target": [{"role": "assistant", "content": f"<think>easy</think> \\boxed{{{a}}}"}],
+            "reward_model": {"ground_truth": a, "style": "rule"},
+            "extra_info": {"index": i},
+        })
+    f = tmp_path / "luffy.parquet"
+    pd.DataFrame(rows).to_parquet(f)
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model_dir, out, **{"data.dataset": str(f), "train.max_steps": 1, "train.save_every": 0,
+                                           "data.max_demo_tokens": 128})
+    result = Trainer(cfg, log=lambda *a: None).train()
+    row = read_metrics(out / "metrics.jsonl")[0]
+    assert row["reward/demo"] == 1.0  # every demonstration verifies against its ground truth
+    assert row["loss/sft_demo"] > 0 and result["steps"] == 1
+    assert result["before"] == {}  # no testbed sets for a user dataset

@@ -10,9 +10,9 @@ from srft.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 
 
 def _hf(model, tokenizer, rollout_cfg) -> RolloutEngine:
-    from srft.rollout.hf import HFRolloutEngine
+    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
-    return HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, rollout_cfg.batch_size)
+    return HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), rollout_cfg.batch_size)
 
 
 ENGINES: dict[str, Callable[..., RolloutEngine]] = {"hf": _hf}

@@ -31,27 +31,51 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
 
 
-def cache_kwarg_name(model) -> str:
-    """Newer transformers name the KV-cache argument `cache`, older ones `past_key_values`."""
+def _forward_params(model):
+    """Parameters of the model's forward (of the base model under a peft wrapper)."""
     import inspect
 
-    params = inspect.signature(type(model).forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(type(base).forward).parameters
+
+
+def cache_kwarg_name(model) -> str:
+    """Newer transformers name the KV-cache argument `cache`, older ones `past_key_values`."""
+    params = _forward_params(model)
     return "cache" if "cache" in params else "past_key_values"
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's
+    generation_config EOS ids (chat models often end turns with another token)."""
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    for i in [extra] if isinstance(extra, int) else (extra or []):
+        if int(i) not in ids:
+            ids.append(int(i))
+    return ids
 
 
 def keep_last_logits_kwarg(model) -> dict:
     """Ask the model for the last position's logits only, where it supports it."""
-    import inspect
-
-    params = inspect.signature(type(model).forward).parameters
+    params = _forward_params(model)
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 class HFRolloutEngine:
-    def __init__(self, model, pad_token_id: int, eos_token_id: Optional[int], batch_size: int = 256):
+    def __init__(self, model, pad_token_id: int, eos_token_id, batch_size: int = 256):
+        """eos_token_id: an id, a list of ids (any of them ends a response) or None."""
         self.model = model
         self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
+        if eos_token_id is None:
+            self.stop_ids: tuple[int, ...] = ()
+        elif isinstance(eos_token_id, int):
+            self.stop_ids = (eos_token_id,)
+        else:
+            self.stop_ids = tuple(int(i) for i in eos_token_id)
         self.batch_size = batch_size
         self._cache_kw = cache_kwarg_name(model)
         self._keep_last = keep_last_logits_kwarg(model)
@@ -105,7 +129,7 @@ class HFRolloutEngine:
             input_ids[i, plen - len(p) :] = torch.tensor(p, dtype=torch.long)
             attn[i, plen - len(p) :] = 1
         input_ids, attn = input_ids.to(device), attn.to(device)
-        stops = set(params.stop_token_ids) or ({self.eos_token_id} if self.eos_token_id is not None else set())
+        stops = set(params.stop_token_ids) or set(self.stop_ids)
         stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
 
         cache = DynamicCache()

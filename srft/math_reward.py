@@ -1,0 +1,642 @@
+"""Math answer reward: extract the final answer of a completion and check it
+against the ground truth with `math_verify`, in killable worker processes.
+
+What it does
+------------
+`math_reward(prompts, completions, answer, **columns)` is a TRL-style reward
+callable (see `srft.rewards`): for each completion it extracts the final answer
+(`extract_prediction`), compares it with the ground truth (`verify_one`, run in
+a `MathVerifier` worker pool) and returns 1.0 (correct) or 0.0 (wrong, missing,
+too long, timed out or crashed). It can be selected by import path,
+``srft.math_reward:math_reward``.
+
+Extraction rules (`extract_answer`)
+-----------------------------------
+- If the completion contains ``</think>``, only the text after the LAST
+  ``</think>`` is considered (the reasoning is never graded).
+- The answer is the content of the LAST ``\\boxed{...}`` or ``\\fbox{...}``
+  (whitespace allowed before the brace), matched with balanced braces: nested
+  groups (``\\boxed{\\frac{1}{2}}``) are kept, escaped braces ``\\{`` ``\\}``
+  do not count. If that last box is not closed (truncated output), the result
+  is None: an earlier, closed box is NOT used instead.
+- No box: None. There is no other fallback for math answers (no "last number"
+  heuristics), so a model must box its answer to be rewarded.
+- Multiple choice (a ground truth that is a single capital letter A-J,
+  optionally in parentheses, see `is_choice_letter`): the boxed content, or when
+  there is no box a final "answer is (X)" / "Answer: X" in the last 500
+  characters (`extract_choice`), is normalised (``\\text{}``-like wrappers,
+  ``$``, parentheses, spaces and a trailing period removed) and compared with
+  the letter; the comparison is case-insensitive for the single letter only.
+  Choice answers are compared in pure Python (no worker needed).
+- All extraction is linear in the completion length (one regex scan for box
+  openings, one scan for the braces of the last one), so 100 KB of ``{`` is
+  handled in milliseconds.
+
+Verification (`verify_one`)
+---------------------------
+Both sides go through the same normalisation and parsing: surrounding ``$..$``,
+``\\(..\\)``, ``\\[..\\]`` are removed, plain scientific notation such as
+``2.55e-10`` is rewritten as ``2.55\\times 10^{-10}`` (otherwise LaTeX reads
+``e`` as Euler's number), and the text is parsed as ``\\boxed{<answer>}`` with
+`LatexExtractionConfig` + `ExprExtractionConfig`; when that yields no sympy
+object, ``$<answer>$`` is parsed too. `math_verify.verify(gold, pred)` then
+decides (numeric, symbolic, set/interval, equation ``x=3`` vs ``3``, percent
+``50\\%`` vs ``0.5`` and vs ``50`` ...). Parses are cached per process
+(LRU), so the G completions of one prompt parse their gold once.
+`verify_one` never raises: any exception scores 0.0.
+
+Time-limit design
+-----------------
+Sympy can take unbounded time, or hang inside a single C call (a power tower
+``9^{9^{9^{9}}}`` evaluates a huge integer), where no signal-based timeout
+fires. So:
+- hard limit: `MathVerifier` runs `verify_one` in worker PROCESSES (``spawn``
+  context: no fork of a process holding torch/CUDA threads). The parent gives
+  one item to each idle worker and waits on all pipes and process sentinels with
+  a deadline; a worker that has not answered ``timeout_s`` seconds after it got
+  its item is SIGKILLed and replaced, the item scores 0.0 and
+  ``stats["timeouts"]`` is incremented. A worker that dies while answering is
+  replaced the same way (``stats["crashes"]``). Replacements start in the
+  background; the clock of an item only starts once a worker is ready (imports
+  done), so start-up time is never charged to an answer.
+- soft limit: inside a worker math_verify's own ``signal.alarm`` timeouts
+  (``parsing_timeout``/``timeout_seconds``, whole seconds; by default half of
+  ``timeout_s`` and at least 1 s, ``soft_timeout_s=0`` disables them) stop slow
+  pure-Python work without the cost of a new worker; those are counted in
+  ``stats["soft_timeouts"]`` and also score 0.0. In practice they catch most
+  pathological inputs (power towers, huge factorials), the kill is the backstop.
+- In the calling process `verify_one` uses math_verify's alarms only on the
+  main thread (signals cannot be used elsewhere); from other threads it runs
+  without a limit, so use a `MathVerifier` whenever the input is untrusted.
+
+Deviations / choices worth knowing
+----------------------------------
+- Predictions longer than ``max_answer_chars`` (2,000; the longest ground truth
+  of the bundled benchmarks has 210) score 0 without a worker and are counted
+  in ``stats["too_long"]``. Empty predictions count as ``no_answer``.
+- Scientific-notation rewriting (above) is not part of math_verify; without it
+  minerva answers like ``3.83e35`` cannot match ``3.83\\times 10^{35}``. A
+  digit string like ``2e-1`` is therefore read as 0.2, never as 2e - 1.
+- A single capital letter A-J as ground truth is always treated as a choice
+  letter, never as a symbol.
+- Workers are started with ``spawn``: as with any multiprocessing code, a
+  script that uses the reward must guard its entry point with
+  ``if __name__ == "__main__":``.
+- ``SRFT_MATH_WORKERS`` / ``SRFT_MATH_TIMEOUT`` override the defaults (2
+  workers, 5 s) of the module-level verifier used by `math_reward`.
+- Test hook: when ``SRFT_TEST_CRASH_HOOK=1`` is in the worker's environment,
+  the prediction `CRASH_HOOK_PREDICTION` makes the worker ``os._exit(1)`` and
+  `HANG_HOOK_PREDICTION` makes it sleep; without the variable they are
+  ordinary (wrong) strings.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import os
+import re
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any, Iterable, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "extract_answer",
+    "extract_choice",
+    "extract_prediction",
+    "is_choice_letter",
+    "verify_one",
+    "MathVerifier",
+    "math_reward",
+    "get_verifier",
+    "last_stats",
+]
+
+CRASH_HOOK_ENV = "SRFT_TEST_CRASH_HOOK"
+CRASH_HOOK_PREDICTION = "__srft_test_crash_worker__"
+HANG_HOOK_PREDICTION = "__srft_test_hang_worker__"
+
+MAX_ANSWER_CHARS = 2000
+CHOICE_TAIL_CHARS = 500
+STAT_KEYS = ("total", "correct", "no_answer", "too_long", "timeouts", "soft_timeouts", "crashes", "restarts")
+
+# --------------------------------------------------------------------------- extraction
+
+_THINK_END = "</think>"
+_BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_RE = re.compile(r"\\.|[{}]", re.S)
+
+
+def _after_think(text: str) -> str:
+    i = text.rfind(_THINK_END)
+    return text if i < 0 else text[i + len(_THINK_END):]
+
+
+def extract_answer(completion: str) -> str | None:
+    """Content of the last ``\\boxed{}``/``\\fbox{}`` after the last ``</think>``.
+
+    None when there is no box or the last box is not closed. Linear time.
+    """
+    if not isinstance(completion, str):
+        return None
+    text = _after_think(completion)
+    last = None
+    for last in _BOX_OPEN_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    start = last.end()
+    depth = 1
+    for m in _BRACE_RE.finditer(text, start):
+        tok = m.group()
+        if tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:m.start()].strip()
+    return None  # unbalanced
+
+
+_CHOICE_GOLD_RE = re.compile(r"\s*(?:\(\s*([A-J])\s*\)|([A-J]))\s*")
+_CHOICE_TAIL_RE = re.compile(
+    r"(?i:answer)(?:\s+(?i:is))?\s*[:：]?\s*(?:\*\*)?\s*(?:\$\s*)?(?:\\text\s*\{\s*)?\(?\s*([A-J])\s*\)?(?![\w])"
+)
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mathit|mbox)\s*\{(.*)\}", re.S)
+
+
+def is_choice_letter(gold: Any) -> bool:
+    """True for a multiple-choice ground truth: one capital letter A-J, optionally in parentheses."""
+    return isinstance(gold, str) and _CHOICE_GOLD_RE.fullmatch(gold) is not None
+
+
+def _gold_letter(gold: str) -> str:
+    m = _CHOICE_GOLD_RE.fullmatch(gold)
+    assert m is not None
+    return m.group(1) or m.group(2)
+
+
+def _normalise_choice(pred: str) -> str | None:
+    """``\\text{(b).}`` -> ``B``; None when the prediction is not a single letter."""
+    s = pred.strip()
+    for _ in range(8):
+        prev = s
+        m = _TEXT_WRAP_RE.fullmatch(s)
+        if m:
+            s = m.group(1)
+        s = s.strip().strip("$").strip()
+        if s.endswith("."):
+            s = s[:-1]
+        if s.startswith("(") and s.endswith(")"):
+            s = s[1:-1]
+        s = s.strip()
+        if s == prev:
+            break
+    s = s.replace(" ", "")
+    if len(s) == 1 and s.upper() in "ABCDEFGHIJ":
+        return s.upper()
+    return None
+
+
+def _choice_score(pred: str, gold: str) -> float:
+    return 1.0 if _normalise_choice(pred) == _gold_letter(gold) else 0.0
+
+
+def extract_choice(completion: str) -> str | None:
+    """Letter of a final "answer is (X)" / "Answer: X" in the last 500 characters (after ``</think>``)."""
+    if not isinstance(completion, str):
+        return None
+    tail = _after_think(completion)[-CHOICE_TAIL_CHARS:]
+    letter = None
+    for m in _CHOICE_TAIL_RE.finditer(tail):
+        letter = m.group(1)
+    return letter
+
+
+def extract_prediction(completion: Any, gold: Any) -> str | None:
+    """The prediction to grade: the last box, or for a choice gold the "answer is (X)" fallback."""
+    text = _completion_text(completion)
+    pred = extract_answer(text)
+    if pred is None and is_choice_letter(gold):
+        pred = extract_choice(text)
+    return pred
+
+
+def _completion_text(completion: Any) -> str:
+    """A completion as text: a string, or TRL's conversational form (list of messages)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, (list, tuple)):
+        return "".join(_completion_text(m) for m in completion)
+    return "" if completion is None else str(completion)
+
+
+# --------------------------------------------------------------------------- verification
+
+_SCI_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+_MATH_ENV_RE = re.compile(r"\$\$?(.*?)\$\$?|\\\((.*?)\\\)|\\\[(.*?)\\\]", re.S)
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+
+_CONFIGS = None
+
+
+def _configs():
+    global _CONFIGS
+    if _CONFIGS is None:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+        _CONFIGS = [LatexExtractionConfig(), ExprExtractionConfig()]
+    return _CONFIGS
+
+
+def _normalise_answer(s: str) -> str:
+    s = s.strip()
+    m = _MATH_ENV_RE.fullmatch(s)
+    if m:
+        inner = next(g for g in m.groups() if g is not None)
+        if not _UNESCAPED_DOLLAR_RE.search(inner):
+            s = inner.strip()
+    return _SCI_RE.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2).lstrip('+')}}}", s)
+
+
+_PARSE_CACHE: OrderedDict[str, tuple] = OrderedDict()
+_PARSE_CACHE_SIZE = 4096
+_PARSE_CACHE_LOCK = threading.Lock()
+
+
+def _parse_answer(s: str, op_timeout: int | None) -> tuple:
+    """Parsed forms of an answer (sympy objects and/or the raw string), LRU-cached per process.
+
+    Empty results (unparseable, or a soft timeout under load) are not cached, so
+    a transient timeout never poisons a ground truth for the rest of a run.
+    """
+    with _PARSE_CACHE_LOCK:
+        hit = _PARSE_CACHE.get(s)
+        if hit is not None:
+            _PARSE_CACHE.move_to_end(s)
+            return hit
+    from math_verify import parse
+    from sympy import Basic, MatrixBase
+
+    text = _normalise_answer(s)
+    if not text:
+        return ()
+    res = list(parse("\\boxed{" + text + "}", extraction_config=_configs(), parsing_timeout=op_timeout))
+    if not any(isinstance(r, (Basic, MatrixBase)) for r in res):
+        res += [r for r in parse("$" + text + "$", extraction_config=_configs(), parsing_timeout=op_timeout)
+                if r not in res]
+    out = tuple(res)
+    if out:
+        with _PARSE_CACHE_LOCK:
+            _PARSE_CACHE[s] = out
+            while len(_PARSE_CACHE) > _PARSE_CACHE_SIZE:
+                _PARSE_CACHE.popitem(last=False)
+    return out
+
+
+def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5) -> float:
+    """1.0 when the extracted prediction equals the ground truth, else 0.0. Never raises.
+
+    `pred` is the extracted answer (box content), not the whole completion.
+    `op_timeout`: math_verify's per-operation alarm in whole seconds (main thread
+    only; it cannot stop a hang inside C code, `MathVerifier` can).
+    """
+    try:
+        if pred is None or gold is None:
+            return 0.0
+        pred, gold = str(pred), str(gold)
+        if not pred.strip() or not gold.strip():
+            return 0.0
+        if is_choice_letter(gold):
+            return _choice_score(pred, gold)
+        if op_timeout is not None and threading.current_thread() is not threading.main_thread():
+            op_timeout = None  # signal.alarm only works on the main thread
+        from math_verify import verify
+
+        g = _parse_answer(gold, op_timeout)
+        if not g:
+            return 0.0
+        p = _parse_answer(pred, op_timeout)
+        if not p:
+            return 0.0
+        return 1.0 if verify(list(g), list(p), timeout_seconds=op_timeout) else 0.0
+    except Exception:
+        logger.debug("verify_one failed", exc_info=True)
+        return 0.0
+    except BaseException as e:  # math_verify's TimeoutException derives from BaseException
+        if type(e).__name__ == "TimeoutException":
+            return 0.0
+        raise
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+class _TimeoutCounter(logging.Filter):
+    """Counts (and silences) math_verify's "Timeout during ..." warnings in a worker."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = str(record.msg)
+        except Exception:
+            return False
+        if msg.startswith("Timeout during"):
+            self.count += 1
+            return False
+        return not msg.startswith("Timeout is disabled")  # expected when soft_timeout_s=0
+
+
+def _worker_main(conn, op_timeout: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    counter = _TimeoutCounter()
+    for name in ("math_verify.parser", "math_verify.grader", "math_verify.utils"):
+        logging.getLogger(name).addFilter(counter)
+    hooks = os.environ.get(CRASH_HOOK_ENV) == "1"
+    op_timeout = op_timeout if op_timeout and op_timeout > 0 else None
+    verify_one("1", "1", op_timeout=op_timeout)  # import and warm up before announcing readiness
+    try:
+        conn.send(("ready", os.getpid()))
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            idx, pred, gold = msg
+            if hooks and pred == CRASH_HOOK_PREDICTION:
+                os._exit(1)
+            if hooks and pred == HANG_HOOK_PREDICTION:
+                time.sleep(3600)
+            before = counter.count
+            score = verify_one(pred, gold, op_timeout=op_timeout)
+            conn.send(("res", idx, score, counter.count - before))
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass  # parent gone or closing
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "ready", "task", "deadline", "started")
+
+    def __init__(self, ctx, op_timeout: int):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, op_timeout), daemon=True,
+                                name="srft-math-verify")
+        self.proc.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.ready = False
+        self.task: int | None = None
+        self.deadline = 0.0
+        self.started = time.monotonic()
+
+    def kill(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(timeout=2)
+        except Exception:
+            pass
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+class MathVerifier:
+    """Pool of worker processes running `verify_one` with a hard per-answer time limit.
+
+    `score(preds, golds)` takes extracted predictions (None = no answer) and
+    returns floats in {0.0, 1.0}. The pool starts on first use; `close()` (or
+    the context manager) stops it. `stats` holds cumulative counters,
+    `last_stats` those of the last `score` call.
+    """
+
+    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, *,
+                 soft_timeout_s: int | None = None, max_answer_chars: int = MAX_ANSWER_CHARS,
+                 startup_timeout_s: float = 120.0):
+        if num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.num_workers = int(num_workers)
+        self.timeout_s = float(timeout_s)
+        self.max_answer_chars = int(max_answer_chars)
+        self.startup_timeout_s = float(startup_timeout_s)
+        # math_verify's in-worker alarm (whole seconds); 0 disables it (hard limit only)
+        self.op_timeout = max(1, int(self.timeout_s / 2)) if soft_timeout_s is None else int(soft_timeout_s)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.last_stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._start_failures = 0
+
+    # -- lifecycle
+    def __enter__(self) -> "MathVerifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if os.getpid() != self._pid:  # a forked copy: the workers belong to the parent
+                self._workers = []
+                return
+            for w in self._workers:
+                try:
+                    w.conn.send(None)
+                except Exception:
+                    pass
+            for w in self._workers:
+                try:
+                    w.proc.join(timeout=0.5)
+                except Exception:
+                    pass
+                w.kill()
+            self._workers = []
+
+    def _ensure_pool(self) -> None:
+        if self._closed:
+            raise RuntimeError("MathVerifier is closed")
+        if os.getpid() != self._pid:  # used after a fork: start our own workers
+            self._workers = []
+            self._pid = os.getpid()
+        while len(self._workers) < self.num_workers:
+            self._workers.append(_Worker(self._ctx, self.op_timeout))
+
+    def _replace(self, i: int) -> None:
+        self._workers[i].kill()
+        self._workers[i] = _Worker(self._ctx, self.op_timeout)
+
+    # -- scoring
+    def score(self, preds: Sequence[str | None], golds: Sequence[str]) -> list[float]:
+        preds, golds = list(preds), list(golds)
+        if len(preds) != len(golds):
+            raise ValueError(f"{len(preds)} predictions for {len(golds)} ground truths")
+        with self._lock:
+            call = dict.fromkeys(STAT_KEYS, 0)
+            out = [0.0] * len(preds)
+            todo: deque[int] = deque()
+            items: list[tuple[str, str]] = []
+            for i, (p, g) in enumerate(zip(preds, golds)):
+                call["total"] += 1
+                g = "" if g is None else str(g)
+                p = None if p is None else str(p)
+                items.append((p or "", g))
+                if p is None or not p.strip():
+                    call["no_answer"] += 1
+                elif len(p) > self.max_answer_chars:
+                    call["too_long"] += 1
+                elif not g.strip():
+                    pass
+                elif is_choice_letter(g):
+                    out[i] = _choice_score(p, g)
+                else:
+                    todo.append(i)
+            if todo:
+                self._run(todo, items, out, call)
+            call["correct"] = int(sum(out))
+            for k, v in call.items():
+                self.stats[k] += v
+            self.last_stats = call
+            return out
+
+    def _run(self, todo: deque, items: list, out: list, call: dict) -> None:
+        self._ensure_pool()
+        while True:
+            # hand one item to every idle, ready worker
+            for k, w in enumerate(self._workers):
+                if todo and w.ready and w.task is None:
+                    i = todo.popleft()
+                    try:
+                        w.conn.send((i, *items[i]))
+                    except Exception:  # died while idle: not the item's fault
+                        todo.appendleft(i)
+                        call["restarts"] += 1
+                        self._replace(k)
+                        continue
+                    w.task, w.deadline = i, time.monotonic() + self.timeout_s
+            if not todo and all(w.task is None for w in self._workers):
+                return
+            now = time.monotonic()
+            limits = [w.deadline if w.ready else w.started + self.startup_timeout_s for w in self._workers
+                      if w.task is not None or not w.ready]
+            wait_s = max(0.0, min(limits) - now) if limits else 0.05
+            handles = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
+            try:
+                mp_connection.wait(handles, timeout=min(wait_s, 1.0) + 0.001)
+            except OSError:
+                pass
+            for k in range(len(self._workers)):
+                self._check_worker(k, out, call)
+
+    def _check_worker(self, k: int, out: list, call: dict) -> None:
+        w = self._workers[k]
+        dead = False
+        try:
+            while w.conn.poll():
+                msg = w.conn.recv()
+                if msg[0] == "ready":
+                    w.ready = True
+                    self._start_failures = 0
+                elif msg[0] == "res" and w.task == msg[1]:
+                    out[msg[1]] = float(msg[2])
+                    call["soft_timeouts"] += int(msg[3])
+                    w.task = None
+        except (EOFError, OSError):
+            dead = True
+        if not dead and not w.proc.is_alive():
+            dead = True
+        now = time.monotonic()
+        if dead:
+            if w.task is not None:
+                call["crashes"] += 1
+                out[w.task] = 0.0
+                logger.warning("math verifier worker died on an answer (exit code %s); replaced", w.proc.exitcode)
+            elif not w.ready:
+                self._note_start_failure(f"worker exited during start-up (exit code {w.proc.exitcode})")
+            call["restarts"] += 1
+            self._replace(k)
+        elif w.task is not None and now > w.deadline:
+            call["timeouts"] += 1
+            out[w.task] = 0.0
+            call["restarts"] += 1
+            self._replace(k)
+        elif not w.ready and now > w.started + self.startup_timeout_s:
+            self._note_start_failure(f"worker not ready after {self.startup_timeout_s:.0f} s")
+            call["restarts"] += 1
+            self._replace(k)
+
+    def _note_start_failure(self, why: str) -> None:
+        self._start_failures += 1
+        logger.warning("math verifier: %s", why)
+        if self._start_failures >= 3 * self.num_workers:
+            for w in self._workers:
+                w.kill()
+            self._workers = []
+            self._start_failures = 0
+            raise RuntimeError(f"math verifier workers cannot start ({why}); is math-verify installed?")
+
+
+# --------------------------------------------------------------------------- TRL-style reward
+
+_VERIFIER: MathVerifier | None = None
+_VERIFIER_LOCK = threading.Lock()
+_LAST_STATS: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+
+
+def get_verifier() -> MathVerifier:
+    """The module-level verifier used by `math_reward` (created on first use, closed at exit)."""
+    global _VERIFIER
+    with _VERIFIER_LOCK:
+        if _VERIFIER is None or _VERIFIER._closed:
+            _VERIFIER = MathVerifier(
+                num_workers=int(os.environ.get("SRFT_MATH_WORKERS", "2")),
+                timeout_s=float(os.environ.get("SRFT_MATH_TIMEOUT", "5")),
+            )
+            atexit.register(_VERIFIER.close)
+        return _VERIFIER
+
+
+def last_stats() -> dict[str, int]:
+    """Counters of the last `math_reward` call (total, correct, no_answer, timeouts, crashes, ...)."""
+    return dict(_LAST_STATS)
+
+
+def math_reward(prompts: Iterable[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                **columns: Any) -> list[float]:
+    """TRL-style reward: 1.0 when the final boxed answer matches the ground truth, else 0.0.
+
+    The ground truth comes from the `answer` column, else `ground_truth`, else a
+    verl-style `reward_model` column of ``{"ground_truth": ...}`` dicts.
+    """
+    global _LAST_STATS
+    golds = answer
+    if golds is None:
+        golds = columns.get("ground_truth")
+    if golds is None and columns.get("reward_model") is not None:
+        golds = [r.get("ground_truth") if isinstance(r, dict) else r for r in columns["reward_model"]]
+    if golds is None:
+        raise ValueError("math_reward needs the ground truth in an 'answer' (or 'ground_truth') column")
+    golds = ["" if g is None else str(g) for g in golds]
+    if len(golds) != len(completions):
+        raise ValueError(f"{len(completions)} completions for {len(golds)} ground truths")
+    preds = [extract_prediction(c, g) for c, g in zip(completions, golds)]
+    verifier = get_verifier()
+    scores = verifier.score(preds, golds)
+    _LAST_STATS = dict(verifier.last_stats)
+    return scores
