@@ -523,7 +523,7 @@ def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, lo
             raise DataError(f"row {i}: field 'prompt' has {len(prompt_ids)} tokens, more than "
                             f"data.max_prompt_tokens={data_cfg.max_prompt_tokens} (raise it or shorten the prompt)")
         demo_ids, keep = [], True
-        for d in demos:
+        for d in demos if need_demos else []:  # a run without demonstrations ignores them
             ids = encode_completion(tokenizer, d)
             if len(ids) > data_cfg.max_demo_tokens:
                 if data_cfg.long_demo_policy == "drop":

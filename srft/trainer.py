@@ -212,7 +212,10 @@ class Trainer:
         """Gradient checkpointing and LoRA (peft), as configured."""
         m = self.cfg.model
         if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if m.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 

@@ -345,3 +345,18 @@ def test_champ_missing_package_message(monkeypatch):
     monkeypatch.setattr(champ.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps champ-dataset"):
         load_rows("champ")
+
+
+def test_long_demonstrations_do_not_drop_rows_of_a_pure_rl_run():
+    from types import SimpleNamespace
+
+    from srft.data import prepare_examples
+    from srft.testbed.tokenizer import build_tokenizer
+
+    cfg = SimpleNamespace(max_prompt_tokens=64, max_demo_tokens=4, long_demo_policy="drop", system_prompt=None,
+                          chat_template="auto")
+    rows = [{"prompt": "Q:1+1\nA:", "demonstration": "<think>1+1=2, long long long</think>2", "answer": "2"}]
+    tok = build_tokenizer()
+    assert len(prepare_examples(rows, tok, cfg, need_demos=False, log=lambda *a: None)) == 1
+    with pytest.raises(Exception, match="no training rows left"):
+        prepare_examples(rows, tok, cfg, need_demos=True, log=lambda *a: None)
