@@ -134,6 +134,9 @@ class ObjectiveConfig:
     """Coefficient of -mean(H) added to the loss (LUFFY's script: 0.001)."""
     adv_std_norm: bool = True
     """Divide group advantages by the group std (paper) or not (LUFFY)."""
+    demos_in_group: bool = True
+    """Demonstrations join their prompt's group for the advantages (SRFT, LUFFY: G_aug); False keeps them
+    out (RL with an SFT loss: GRPO advantages over the rollouts only, demonstrations get A = 0)."""
 
     def __post_init__(self):
         from srft.losses import AGGREGATION_MODES, ENTROPY_GRANULARITIES

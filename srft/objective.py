@@ -194,6 +194,45 @@ register_preset(Preset(
         "objective.rl_demo": False, "objective.rl_self": False,
     },
 ))
+register_preset(Preset(
+    "luffy",
+    "LUFFY (arXiv 2504.14945): mixed group 7+1, unclipped on-policy term, shaped off-policy term, "
+    "token sum / (n_seqs * L_max), entropy bonus 0.001, advantages not divided by std.",
+    "L = [sum_roll -A r + sum_demo -A p/(p+0.1) - 0.001 sum_all H] / (N_seqs * L_max), A = R - mean(G_aug)",
+    {
+        "rollout.n_rollouts": 7, "rollout.n_demos": 1,
+        "objective.sft_demo": False, "objective.rl_demo": True, "objective.demo_shaping_gamma": 0.1,
+        "objective.rl_self": True, "objective.clip_eps": None, "objective.w_rl": "constant",
+        "objective.w_rl_coef": 1.0, "objective.aggregation": "token-sum-norm", "objective.normalize_over": "batch",
+        "objective.entropy_bonus": 0.001, "objective.adv_std_norm": False,
+    },
+))
+register_preset(Preset(
+    "rl_sft",
+    "RL with an SFT loss (multi-task): GRPO on 8 rollouts per prompt plus 1.0 x NLL on the demonstration; "
+    "the demonstration is not part of the advantage group.",
+    "L = token-mean_roll -min(rA, clip(r)A) + token-mean_demo -log p, A over the 8 rollouts",
+    {
+        "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
+        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
+        "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
+        "objective.w_rl_coef": 1.0,
+    },
+))
+
+# Ablations of SRFT: one switch changed each (the paper's Table 4 and the paper/script differences).
+SRFT_ABLATIONS = {
+    "srft_wsft_fixed": ("w_SFT fixed to 1", {"objective.w_sft": "constant", "objective.w_sft_coef": 1.0}),
+    "srft_wrl_fixed": ("w_RL fixed to 1", {"objective.w_rl": "constant", "objective.w_rl_coef": 1.0}),
+    "srft_no_sft_demo": ("without L_SFT_demo", {"objective.sft_demo": False}),
+    "srft_no_rl_demo": ("without L_RL_demo", {"objective.rl_demo": False}),
+    "srft_sign_script": ("w_SFT = 0.5 sg(exp(+H)), the sign of the released script", {"objective.w_sft_sign": 1.0}),
+    "srft_shaping": ("f(p) = p / (p + 0.1) on demonstrations (LUFFY's shaping)", {"objective.demo_shaping_gamma": 0.1}),
+    "srft_entropy_token": ("H per token in the weights", {"objective.entropy_granularity": "token"}),
+    "srft_entropy_sequence": ("H per sequence in the weights", {"objective.entropy_granularity": "sequence"}),
+}
+for _name, (_what, _over) in SRFT_ABLATIONS.items():
+    register_preset(Preset(_name, f"SRFT ablation: {_what}.", f"the srft formula, {_what}", dict(_over)))
 
 
 def get_preset(name: str) -> Preset:

@@ -278,9 +278,9 @@ class Trainer:
         keys = sorted({k for ex in exs for k in ex.columns})
         columns = {k: [ex.columns.get(k) for ex in col_rows] for k in keys}
         rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns)
-        adv = L.group_advantages(
-            torch.tensor(rewards), torch.tensor([s.group for s in samples]), cfg.objective.adv_std_norm
-        )
+        group_ids = [s.group if (cfg.objective.demos_in_group or not s.is_demo) else -1 - i
+                     for i, s in enumerate(samples)]  # demonstrations kept out: groups of one, A = 0
+        adv = L.group_advantages(torch.tensor(rewards), torch.tensor(group_ids), cfg.objective.adv_std_norm)
         for s, r, a in zip(samples, rewards, adv.tolist()):
             s.reward, s.advantage = r, a
         timings["time/reward"] = time.perf_counter() - t0

@@ -123,3 +123,69 @@ def test_micro_batch_invariance_of_the_objective(preset, aggregation):
         sub = LossInputs(x.logprobs[s], x.entropy[s], x.old_logprobs[s], x.advantages[s], x.mask[s], x.is_demo[s])
         parts = parts + compute_loss(sub, norms, cfg)[0]
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-7)
+
+
+def test_luffy_equals_written_formula():
+    """L = [sum_roll -A r + sum_demo -A p/(p+0.1) - 0.001 sum_all H] / (N_seqs * L_max)."""
+    x = small_batch(4)
+    loss, m = compute_loss(x, norms_of(x), preset_cfg("luffy"))
+    lp, old, A, H = x.logprobs.detach(), x.old_logprobs, x.advantages, x.entropy
+    total = 0.0
+    for i, n in ((0, 2), (1, 3)):  # rollouts: no clipping, -A r
+        total += sum(-A[i] * math.exp(lp[i, t] - old[i, t]) for t in range(n))
+    p = lp[2].exp()
+    total += float((-A[2] * p / (p + 0.1)).sum())  # the demonstration, shaped
+    total -= 0.001 * float((H * x.mask).sum())  # entropy bonus over all 8 response tokens
+    expected = total / (3 * 3)  # N_seqs = 3 (rollouts and demonstration together), L_max = 3
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+    assert "loss/sft_demo" not in m and m["policy/clip_frac"].item() == 0.0
+
+
+def test_rl_sft_equals_written_formula():
+    x = small_batch(5)
+    loss, _ = compute_loss(x, norms_of(x), preset_cfg("rl_sft"))
+    lp, old, A = x.logprobs.detach(), x.old_logprobs, x.advantages
+    grpo = 0.0
+    for i, n in ((0, 2), (1, 3)):
+        for t in range(n):
+            r = math.exp(lp[i, t] - old[i, t])
+            grpo += -min(r * A[i], min(max(r, 0.8), 1.2) * A[i])
+    expected = float(grpo) / 5 + float(-lp[2].mean())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["srft_wsft_fixed", "srft_wrl_fixed", "srft_no_sft_demo", "srft_no_rl_demo",
+                                  "srft_sign_script", "srft_shaping"])
+def test_srft_ablations_change_exactly_their_term(name):
+    x = small_batch(6)
+    H = 0.9
+    _, full = compute_loss(x, norms_of(x, H), preset_cfg("srft"))
+    _, abl = compute_loss(x, norms_of(x, H), preset_cfg(name))
+    lp, A = x.logprobs.detach(), x.advantages
+    nll_demo = float(-lp[2].mean())
+    p = lp[2].exp()
+    expected = dict(full)
+    if name == "srft_wsft_fixed":
+        expected["loss/sft_demo"] = torch.tensor(nll_demo)  # w_SFT = 1
+    if name == "srft_sign_script":
+        expected["loss/sft_demo"] = torch.tensor(0.5 * math.exp(+H) * nll_demo)
+    if name == "srft_shaping":
+        expected["loss/rl_demo"] = -(A[2] * p / (p + 0.1)).mean()
+    if name == "srft_wrl_fixed":  # row 0 (A > 0) no longer scaled by 0.1 e^H
+        w = 0.1 * math.exp(H)
+        row0 = (full["loss/rl_self"].item() * 5 - _rl_row(x, 1)) / w
+        expected["loss/rl_self"] = (float(row0) + float(_rl_row(x, 1))) / 5
+    for k in ("loss/sft_demo", "loss/rl_demo", "loss/rl_self"):
+        dropped = (name == "srft_no_sft_demo" and k == "loss/sft_demo") or (name == "srft_no_rl_demo" and k == "loss/rl_demo")
+        if dropped:
+            assert k not in abl
+        else:
+            assert abl[k].item() == pytest.approx(float(expected[k]), rel=1e-5), k
+
+
+def _rl_row(x, i):
+    """Sum of the clipped surrogate over the tokens of rollout row i (unweighted)."""
+    lp, old, A = x.logprobs.detach(), x.old_logprobs, x.advantages
+    n = int(x.mask[i].sum())
+    return sum(-min(math.exp(lp[i, t] - old[i, t]) * A[i], min(max(math.exp(lp[i, t] - old[i, t]), 0.8), 1.2) * A[i])
+               for t in range(n))

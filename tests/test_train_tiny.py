@@ -136,3 +136,16 @@ def test_trains_on_a_luffy_parquet(tiny_model_dir, tmp_path):
     assert row["reward/demo"] == 1.0  # every demonstration verifies against its ground truth
     assert row["loss/sft_demo"] > 0 and result["steps"] == 1
     assert result["before"] == {}  # no testbed sets for a user dataset
+
+
+def test_rl_sft_keeps_demonstrations_out_of_the_advantage_group(tiny_model_dir, tmp_path):
+    from srft.objective import get_preset
+
+    over = {**get_preset("rl_sft").overrides, "train.preset": "rl_sft"}
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", over, **{"data.reward": "tests.test_train_tiny:length_reward"})
+    trainer = Trainer(cfg, log=lambda *a: None)
+    samples, _ = trainer._sample_groups()
+    assert all(s.advantage == 0.0 for s in samples if s.is_demo)
+    for g in {s.group for s in samples}:
+        roll = [s.advantage for s in samples if s.group == g and not s.is_demo]
+        assert len(roll) == 8 and abs(sum(roll)) < 1e-5  # centred over the rollouts alone
