@@ -29,20 +29,11 @@ from pathlib import Path
 from typing import Optional
 
 
-def _plain(x):
-    """numpy arrays / pyarrow scalars from parquet -> plain Python lists and dicts."""
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        x = x.tolist()
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def load_benchmark(path, limit: Optional[int] = None) -> list[dict]:
     """Unique problems of a verl-layout parquet file: {source, prompt, answer, copies}."""
     import pandas as pd
+
+    from srft.data import to_plain
 
     p = Path(path)
     if not p.is_file():
@@ -58,8 +49,8 @@ def load_benchmark(path, limit: Optional[int] = None) -> list[dict]:
     seen: dict[tuple, dict] = {}
     per_source: dict[str, int] = {}
     for i, row in enumerate(df.to_dict("records")):
-        prompt = _plain(row["prompt"])
-        rm = _plain(row["reward_model"])
+        prompt = to_plain(row["prompt"])
+        rm = to_plain(row["reward_model"])
         gt = rm.get("ground_truth") if isinstance(rm, dict) else None
         if gt is None or str(gt).strip() == "":
             raise ValueError(f"--benchmark {path}: row {i}: reward_model.ground_truth is missing or empty")

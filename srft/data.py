@@ -310,7 +310,7 @@ def _canonical_rows(records: list[dict], names: list[str], overrides: dict, wher
         for fld, (col, key) in getters.items():
             value = rec.get(col)
             if key is not None and value is not None:
-                value = _plain(value)
+                value = to_plain(value)
                 if not isinstance(value, dict):
                     raise DataError(f"{where} row {i}: field {fld!r}: column {col!r} should be a mapping "
                                     f"holding {key!r}, got {type(value).__name__}")
@@ -324,24 +324,24 @@ def _canonical_rows(records: list[dict], names: list[str], overrides: dict, wher
                 row[fld] = _norm_answer(value)
         for k, v in rec.items():
             if k not in consumed and k not in CANONICAL:
-                row[k] = _plain(v)
+                row[k] = to_plain(v)
         out.append(row)
     return out
 
 
-def _plain(v: Any) -> Any:
+def to_plain(v: Any) -> Any:
     """numpy arrays / scalars (pandas, pyarrow) to plain Python, recursively."""
     if type(v).__module__ == "numpy" and hasattr(v, "tolist"):
         v = v.tolist()
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: to_plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [to_plain(x) for x in v]
     return v
 
 
 def _norm_prompt(v: Any, prompt_json: bool) -> Any:
-    v = _plain(v)
+    v = to_plain(v)
     if isinstance(v, str) and prompt_json and v.lstrip().startswith("["):
         try:  # a CSV cell holding a TRL conversational prompt as a JSON list of messages
             parsed = json.loads(v)
@@ -358,7 +358,7 @@ def _norm_prompt(v: Any, prompt_json: bool) -> Any:
 def _norm_demo(v: Any, what: str) -> Any:
     """A string, a list of strings, or chat messages (the assistant contents are
     taken, one demonstration each); one demonstration comes back as a string."""
-    v = _plain(v)
+    v = to_plain(v)
     if isinstance(v, dict):
         v = [v]
     if not isinstance(v, list) or not v:
@@ -378,7 +378,7 @@ def _norm_demo(v: Any, what: str) -> Any:
 
 
 def _norm_answer(v: Any) -> Any:
-    v = _plain(v)
+    v = to_plain(v)
     if isinstance(v, float) and v != v:  # NaN: an empty cell
         return None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -585,13 +585,3 @@ def pick_demos(ex: Example, n: int) -> list[int]:
     if not ex.demo_ids:
         raise DataError(f"row {ex.index}: no demonstration for a group that needs {n}")
     return [j % len(ex.demo_ids) for j in range(n)]
-
-
-def column_lists(examples: list[Example], repeat: list[int]) -> dict[str, list]:
-    """Per-sample column lists for the reward function (each example repeated)."""
-    keys = sorted({k for ex in examples for k in ex.columns})
-    return {k: [ex.columns.get(k) for ex, r in zip(examples, repeat) for _ in range(r)] for k in keys}
-
-
-def optional_int(x: Optional[int]) -> Optional[int]:
-    return None if x is None else int(x)

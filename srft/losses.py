@@ -47,7 +47,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "token-sum-norm")
 ENTROPY_GRANULARITIES = ("token", "sequence", "batch")

@@ -39,7 +39,7 @@ import torch
 
 from srft import losses as L
 from srft.config import Config, flatten, save_config, to_dict
-from srft.data import PromptSampler, encode_completion, load_rows, pick_demos, prepare_examples
+from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
 from srft.metrics import MetricsWriter
 from srft.objective import LossInputs, Normalizers, compute_loss
 from srft.rewards import get_reward_fn, score_completions

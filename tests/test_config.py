@@ -7,7 +7,7 @@ import argparse
 import pytest
 import yaml
 
-from srft.config import Config, add_config_flags, resolve_config, save_config
+from srft.config import add_config_flags, resolve_config, save_config
 
 
 def parse(argv):
