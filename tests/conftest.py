@@ -33,6 +33,19 @@ def make_tiny_model(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2
     return path
 
 
+def verl_row(index: int, question: str, demonstration: str, answer: str, system: str | None = None,
+             source: str = "openr1") -> dict:
+    """One row in the verl / LUFFY parquet layout (prompt messages, demonstration in
+    `target`, answer in reward_model.ground_truth)."""
+    prompt = ([{"content": system, "role": "system"}] if system else []) + [{"content": question, "role": "user"}]
+    return {
+        "data_source": source, "prompt": prompt,
+        "target": [{"content": demonstration, "role": "assistant"}],
+        "ability": "math", "reward_model": {"ground_truth": answer, "style": "rule"},
+        "extra_info": {"index": index, "split": "default"},
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

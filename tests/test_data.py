@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import verl_row
+
 from srft.data import DataError, _canonical_rows, load_rows, prepare_examples, validate_row
 
 
@@ -36,31 +38,9 @@ def prepare(rows, need_demos=True, **kw):
 
 # ------------------------------------------------------------------ verl / LUFFY parquet
 LUFFY_ROWS = [
-    {
-        "data_source": "openr1",
-        "prompt": [{"content": "You are a helpful assistant.", "role": "system"},
-                   {"content": "What is 2+3?", "role": "user"}],
-        "target": [{"content": "<think>2+3=5</think>\n\\boxed{5}", "role": "assistant"}],
-        "ability": "math",
-        "reward_model": {"ground_truth": "5", "style": "rule"},
-        "extra_info": {"index": 0, "split": "default"},
-    },
-    {
-        "data_source": "openr1",
-        "prompt": [{"content": "Compute 7*6.", "role": "user"}],
-        "target": [{"content": "<think>7*6=42</think>\n\\boxed{42}", "role": "assistant"}],
-        "ability": "math",
-        "reward_model": {"ground_truth": "42", "style": "rule"},
-        "extra_info": {"index": 1, "split": "default"},
-    },
-    {
-        "data_source": "openr1",
-        "prompt": [{"content": "Solve x+1=3.", "role": "user"}],
-        "target": [{"content": "<think>x=2</think>\n\\boxed{2}", "role": "assistant"}],
-        "ability": "math",
-        "reward_model": {"ground_truth": "2", "style": "rule"},
-        "extra_info": {"index": 2, "split": "default"},
-    },
+    verl_row(0, "What is 2+3?", "<think>2+3=5</think>\n\\boxed{5}", "5", system="You are a helpful assistant."),
+    verl_row(1, "Compute 7*6.", "<think>7*6=42</think>\n\\boxed{42}", "42"),
+    verl_row(2, "Solve x+1=3.", "<think>x=2</think>\n\\boxed{2}", "2"),
 ]
 
 

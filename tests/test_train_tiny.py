@@ -117,15 +117,10 @@ def test_trains_on_a_luffy_parquet(tiny_model_dir, tmp_path):
     """The verl / LUFFY layout (prompt messages, demonstration in `target`, answer in
     reward_model.ground_truth) trains with the same command, scored by the math verifier."""
     pd = pytest.importorskip("pandas")
-    rows = []
-    for i, (q, a) in enumerate([("1+1?", "2"), ("2+3?", "5"), ("half of 1?", "\\frac{1}{2}"), ("3*3?", "9")]):
-        rows.append({
-            "data_source": "toy",
-            "prompt": [{"role": "system", "content": "Think, then box."}, {"role": "user", "content": q}],
-            "target": [{"role": "assistant", "content": f"<think>easy</think> \\boxed{{{a}}}"}],
-            "reward_model": {"ground_truth": a, "style": "rule"},
-            "extra_info": {"index": i},
-        })
+    from tests.conftest import verl_row
+
+    rows = [verl_row(i, q, f"<think>easy</think> \\boxed{{{a}}}", a, system="Think, then box.", source="toy")
+            for i, (q, a) in enumerate([("1+1?", "2"), ("2+3?", "5"), ("half of 1?", "\\frac{1}{2}"), ("3*3?", "9")])]
     f = tmp_path / "luffy.parquet"
     pd.DataFrame(rows).to_parquet(f)
     out = tmp_path / "run"
