@@ -4,6 +4,7 @@
                [--config FILE.yaml] [--section.field VALUE ...]
     srft eval --model DIR [--output-dir DIR] [--eval.limit N] [--eval.temperature T]
     srft presets
+    srft experiment [--quick] [--presets a,b,...] [--seeds 0 1 2] [--output-dir DIR]
     srft prepare-model smollm2-135m --output-dir DIR
     srft build-testbed
 
@@ -43,8 +44,9 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     t0 = time.time()
-    trainer = Trainer(cfg)
-    result = trainer.train()
+    from srft.stages import is_staged, run_stages
+
+    result = run_stages(cfg) if is_staged(cfg) else Trainer(cfg).train()
     out = Path(cfg.train.output_dir)
     print()
     if result["before"]:
@@ -120,6 +122,12 @@ def cmd_build_testbed(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from srft.experiment import run_experiment_from_args
+
+    return run_experiment_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from srft.config import add_config_flags
 
@@ -160,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare.add_arguments(pm)
     pm.set_defaults(func=prepare.run)
+    x = sub.add_parser("experiment", help="run a grid of presets x seeds on the testbed at equal budget and "
+                       "write the comparison table and plots")
+    from srft import experiment
+
+    experiment.add_arguments(x)
+    x.set_defaults(func=cmd_experiment)
     b = sub.add_parser("build-testbed", help="build (or find) the testbed base model and print its folder")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build_testbed)
@@ -172,7 +186,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except Exception as e:
+        # bad input and stopped runs (srft.trainer.TrainingError, only raised once srft.trainer is imported)
+        trainer = sys.modules.get("srft.trainer")
+        if not isinstance(e, (ValueError, FileNotFoundError, OSError) + ((trainer.TrainingError,) if trainer else ())):
+            raise
         print(f"srft: error: {e}", file=sys.stderr)
         return 2
 

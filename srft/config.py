@@ -28,6 +28,9 @@ class ModelConfig:
     """Weights dtype for training: float32 or bfloat16."""
     trust_remote_code: bool = False
     """Run custom modelling code shipped with a model. Off unless asked for."""
+    allow_pickle: bool = False
+    """Load a model folder that only has pickle weights (pytorch_model.bin), which can run code when
+    unpickled. Off: only *.safetensors weights load."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% more compute)."""
     lora_r: int = 0
@@ -193,6 +196,12 @@ class TrainConfig:
     save_every: int = 50
     """Checkpoint every N steps (0: only the final model)."""
     save_total_limit: int = 2
+    """Checkpoints kept (the newest ones); older ones are deleted after each save."""
+    resume: str = ""
+    """A run folder to continue from its newest complete checkpoint (`srft train --resume DIR`): its
+    config.yaml is the config (flags still override, e.g. --max-steps to extend), output_dir is DIR."""
+    max_nonfinite_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient (their updates skipped) before the run stops."""
     report_to: str = "none"
     """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
     logprob_chunk_size: int = 4096
@@ -243,6 +252,16 @@ class Config:
             raise ValueError("objective.rl_self needs rollout.n_rollouts >= 1")
         if t.prompts_per_step < 1 or t.max_steps < 0:
             raise ValueError("train.prompts_per_step must be >= 1 and train.max_steps >= 0")
+        for name in ("train.mini_batches", "train.epochs_per_batch", "train.save_total_limit",
+                     "train.max_nonfinite_steps", "train.logprob_chunk_size", "rollout.batch_size",
+                     "rollout.max_new_tokens", "eval.k", "eval.batch_size", "eval.max_new_tokens",
+                     "data.max_prompt_tokens", "data.max_demo_tokens"):
+            section, attr = name.split(".")
+            if getattr(getattr(self, section), attr) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(getattr(self, section), attr)}")
+        for name in ("train.save_every", "train.eval_every"):
+            if getattr(t, name.split(".")[1]) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(t, name.split('.')[1])}")
         if t.prompts_per_step % t.mini_batches != 0:
             raise ValueError(f"train.mini_batches ({t.mini_batches}) must divide train.prompts_per_step "
                              f"({t.prompts_per_step})")
@@ -257,6 +276,7 @@ SHORT_FLAGS = {
     "max_steps": "train.max_steps",
     "seed": "train.seed",
     "model": "model.name_or_path",
+    "resume": "train.resume",
 }
 
 
@@ -335,7 +355,14 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (atomically); `train.resume` is left out (saved empty) so that
+    `--config config.yaml` re-runs the run rather than resuming it."""
+    d = to_dict(cfg)
+    d["train"]["resume"] = ""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    tmp.replace(path)
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -346,6 +373,20 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of sections")
     return flatten(data)
+
+
+def _resume_overrides(flag_over: dict[str, Any], config_file: Optional[str]) -> dict[str, Any]:
+    """--resume DIR: DIR/config.yaml is the config (in place of --config) and DIR the output folder."""
+    run = Path(str(flag_over["train.resume"]))
+    if config_file:
+        raise ValueError(f"--resume {run}: the run's own config.yaml is used; drop --config {config_file}")
+    out = flag_over.get("train.output_dir")
+    if out is not None and Path(str(out)).resolve() != run.resolve():
+        raise ValueError(f"--resume {run}: a resumed run writes to its own folder; drop --output-dir {out}")
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"--resume {run}: no config.yaml there (not a run folder, or the run never started)")
+    flag_over["train.output_dir"] = str(run)
+    return load_yaml(str(run / "config.yaml"))
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -365,16 +406,24 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"(default: {getattr(getattr(cfg, s), f.name)!r})")
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The {"section.field": value} overrides given on the command line (short forms included)."""
+    over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    for short, key in SHORT_FLAGS.items():
+        v = getattr(args, f"short__{short}", None)
+        if v is not None:
+            over[key] = v
+    return over
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     """defaults < preset < YAML < flags."""
     from srft.objective import get_preset
 
-    flag_over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
-    for short, key in SHORT_FLAGS.items():
-        v = getattr(args, f"short__{short}", None)
-        if v is not None:
-            flag_over[key] = v
+    flag_over = flag_overrides(args)
     yaml_over = load_yaml(args.config) if getattr(args, "config", None) else {}
+    if flag_over.get("train.resume"):
+        yaml_over = _resume_overrides(flag_over, getattr(args, "config", None))
     preset_name = flag_over.get("train.preset", yaml_over.get("train.preset", TrainConfig.preset))
     preset = get_preset(preset_name)
     cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")

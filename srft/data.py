@@ -510,13 +510,19 @@ def validate_row(i: int, row: dict, need_demos: bool) -> tuple[Any, list[str], A
     return prompt, demos, answer
 
 
-def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, log=print) -> list[Example]:
-    """Validate and encode every row before training."""
+def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, log=print,
+                     n_demos: int = 1) -> list[Example]:
+    """Validate and encode every row before training. With `need_demos`, every row must hold at
+    least `n_demos` (rollout.n_demos) demonstrations: a group never repeats one."""
     if not rows:
         raise DataError("the training dataset is empty")
     examples, dropped, truncated = [], 0, 0
     for i, row in enumerate(rows):
         prompt, demos, answer = validate_row(i, row, need_demos)
+        if need_demos and len(demos) < n_demos:
+            raise DataError(f"row {i}: field 'demonstration' has {len(demos)} demonstration(s), fewer than "
+                            f"rollout.n_demos={n_demos} per group (a group would repeat one); lower "
+                            f"rollout.n_demos or give the row more demonstrations")
         prompt_ids = encode_prompt(tokenizer, prompt, getattr(data_cfg, "system_prompt", None),
                                    getattr(data_cfg, "chat_template", "auto"))
         if len(prompt_ids) > data_cfg.max_prompt_tokens:
@@ -541,7 +547,9 @@ def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, lo
         log(f"[srft] demonstrations over data.max_demo_tokens={data_cfg.max_demo_tokens}: "
             f"{dropped} rows dropped, {truncated} demonstrations truncated")
     if not examples:
-        raise DataError("no training rows left after applying data.long_demo_policy")
+        raise DataError(f"no training rows left after applying data.long_demo_policy=drop: every row has a "
+                        f"demonstration longer than data.max_demo_tokens={data_cfg.max_demo_tokens} tokens; "
+                        f"raise data.max_demo_tokens or use --data.long_demo_policy truncate")
     return examples
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 METRICS: dict[str, str] = {
     "step": "optimiser step (one rollout batch per step)",
+    "train/stage": "stage of a multi-stage run (sft_then_grpo: 1 = SFT, 2 = GRPO); top-level metrics.jsonl only",
     "reward/mean": "mean reward of the on-policy rollouts of the step (demonstrations excluded)",
     "reward/demo": "mean reward of the demonstrations in the groups",
     "reward/accuracy": "share of rollouts with reward >= 1 (binary verifier: equals reward/mean)",
@@ -85,6 +87,26 @@ class MetricsWriter:
         if self.use_trackers and self.accelerator is not None:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"},
                                  step=step)
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep the rows of steps <= last_step (a resumed run goes on from there), dropping
+    later rows and a line cut short by a crash; rewritten atomically. Returns the rows kept."""
+    p = Path(path)
+    kept, seen = [], set()
+    for line in (p.read_text(errors="replace").splitlines() if p.exists() else []):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and step <= last_step and step not in seen:
+            seen.add(step)
+            kept.append(line + "\n")
+    tmp = p.with_name(f".tmp-{p.name}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, p)
+    return len(kept)
 
 
 def read_metrics(path: Path) -> list[dict]:

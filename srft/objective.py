@@ -158,6 +158,10 @@ class Preset:
     summary: str
     formula: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[tuple[str, float], ...] = ()
+    """Multi-stage presets: (preset, share of train.max_steps) run one after the other, each
+    stage starting from the previous stage's final model (see `srft.stages`). The last
+    stage's overrides must equal `overrides`, so the resolved config is the last stage's."""
 
 
 PRESETS: dict[str, Preset] = {}
@@ -218,6 +222,15 @@ register_preset(Preset(
         "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
         "objective.w_rl_coef": 1.0,
     },
+))
+
+register_preset(Preset(
+    "sft_then_grpo",
+    "SFT then GRPO (two stages): SFT on demonstrations for half of train.max_steps, then GRPO from the "
+    "SFT model for the other half (fresh optimiser). Same optimiser steps as one-stage methods.",
+    "stage 1: L_sft (the sft preset); stage 2: L_grpo (the grpo preset), starting from stage 1's final model",
+    dict(PRESETS["grpo"].overrides),
+    stages=(("sft", 0.5), ("grpo", 0.5)),
 ))
 
 # Ablations of SRFT: one switch changed each (the paper's Table 4 and the paper/script differences).

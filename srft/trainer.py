@@ -13,6 +13,13 @@ Each step reads like the algorithm (SRFT, arXiv 2506.19767, Sec. 4):
    gradient accumulation over micro-batches; the loss is `srft.objective.compute_loss`
    normalised by mini-batch token counts, so micro-batching does not change it.
 
+Reliability (docs/reliability.md): checkpoints are written to a .tmp folder and
+renamed into place; `train.resume` (`srft train --resume DIR`) restores the newest
+complete one (weights, optimiser, schedule, prompt order, step, eval history,
+random states) so a resumed run ends as the uninterrupted one would; a step with a
+non-finite loss or gradient is skipped, `train.max_nonfinite_steps` in a row raise
+`TrainingError`, and non-finite weights are never saved.
+
 Deviations and notes:
 - pi_old is recomputed by the trainer (as verl does) rather than taken from the
   sampler; the sampler's log-probs are kept for the `policy/` diagnostics only.
@@ -29,6 +36,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,10 +48,18 @@ import torch
 from srft import losses as L
 from srft.config import Config, flatten, save_config, to_dict
 from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
-from srft.metrics import MetricsWriter
+from srft.metrics import MetricsWriter, truncate_metrics
 from srft.objective import LossInputs, Normalizers, compute_loss
 from srft.rewards import get_reward_fn, score_completions
 from srft.rollout.base import SamplingParams
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite training, nothing to resume); the message says why
+    and what is intact. `srft train` reports it and exits with status 2."""
+
+
+CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")
 
 
 @dataclass
@@ -66,28 +82,36 @@ def resolve_model_path(name_or_path: str, log=print) -> str:
     return name_or_path
 
 
-def check_model_folder(path: str) -> None:
+def check_model_folder(path: str, allow_pickle: bool = False, log=print) -> bool:
     """A local model folder must exist and hold safetensors weights; anything that
-    does not look like a local path is treated as a hub id."""
+    does not look like a local path is treated as a hub id. Pickle weights
+    (pytorch_model.bin) load only with `allow_pickle`, with a warning. Returns whether
+    to load with safetensors."""
     p = Path(path)
     looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
     if not looks_local:
-        return
+        return True
     if not p.is_dir():
         raise FileNotFoundError(f"model: no such folder {path}")
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model: {path} has no config.json (not a Hugging Face model folder)")
-    if not any(p.glob("*.safetensors")):
-        pickles = [q.name for q in p.glob("*.bin")] + [q.name for q in p.glob("*.pt")]
-        hint = f" (found pickle weights {pickles}: convert them to safetensors)" if pickles else ""
-        raise FileNotFoundError(f"model: {path} has no *.safetensors weights{hint}")
+    if any(p.glob("*.safetensors")):
+        return True
+    pickles = sorted(q.name for q in p.glob("*.bin")) + sorted(q.name for q in p.glob("*.pt"))
+    if pickles and allow_pickle:
+        log(f"[srft] warning: {path} has pickle weights only ({', '.join(pickles)}); loading them because "
+            f"model.allow_pickle is true (unpickling can run code: only do this for files you trust)")
+        return False
+    hint = (f" (found pickle weights {pickles}: convert them to safetensors, or pass --model.allow_pickle true "
+            f"if you trust the files)") if pickles else ""
+    raise FileNotFoundError(f"model: {path} has no *.safetensors weights{hint}")
 
 
 def load_model_and_tokenizer(name_or_path: str, model_cfg, log=print):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path, log=log)
-    check_model_folder(path)
+    use_safetensors = check_model_folder(path, getattr(model_cfg, "allow_pickle", False), log=log)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
     if dtype is None:
         raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {model_cfg.dtype!r}")
@@ -95,7 +119,7 @@ def load_model_and_tokenizer(name_or_path: str, model_cfg, log=print):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=True
+        path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=use_safetensors
     )
     return model, tok, path
 
@@ -171,6 +195,62 @@ def lr_lambda(optim_cfg, total_steps: int):
     return fn
 
 
+def latest_checkpoint(run_dir) -> Optional[Path]:
+    """The newest complete checkpoint of a run folder: a folder checkpoints/step-NNNNNN holding
+    trainer_state.json (written last; a save cut short is a .tmp-* folder and never counts)."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    for p in root.iterdir() if root.is_dir() else []:
+        m = CHECKPOINT_NAME.fullmatch(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def rng_state() -> dict:
+    """Every random state a step may draw from: torch (CPU, CUDA), Python, numpy."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_adapter(model, ck: Path) -> None:
+    """LoRA weights of a checkpoint into a fresh peft model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a folder's files to disk before it is renamed into place."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 class Trainer:
     def __init__(self, cfg: Config, log=print):
         from accelerate import Accelerator
@@ -178,22 +258,34 @@ class Trainer:
 
         cfg.validate()
         self.cfg, self.log = cfg, log
+        if cfg.train.resume:
+            cfg.train.output_dir = cfg.train.resume
         self.out = Path(cfg.train.output_dir)
-        if not cfg.train.overwrite and any((self.out / n).exists() for n in ("metrics.jsonl", "final", "checkpoints")):
-            raise FileExistsError(f"train.output_dir {self.out} already holds a run; pass --output-dir NEW_DIR "
-                                  f"or --train.overwrite true to replace it")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume_from, resume_state = self._resume_checkpoint() if cfg.train.resume else (None, None)
+        if (not cfg.train.resume and not cfg.train.overwrite
+                and any((self.out / n).exists() for n in ("metrics.jsonl", "final", "checkpoints"))):
+            raise FileExistsError(f"train.output_dir {self.out} already holds a run; pass --output-dir NEW_DIR, "
+                                  f"--resume {self.out} to continue it, or --train.overwrite true to replace it")
+        _keep_matplotlib_cache_in(self.out)  # before anything imports matplotlib (reasoning-gym does)
+        d = cfg.data
+        rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
+            "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         set_seed(cfg.train.seed)
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
         self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out))
-        model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model, log)
+        # a resumed full-weight run loads the checkpoint's weights; LoRA loads the base, then the adapter
+        weights = str(self.resume_from) if self.resume_from and cfg.model.lora_r == 0 else cfg.model.name_or_path
+        model, self.tokenizer, self.model_path = load_model_and_tokenizer(weights, cfg.model, log)
         model = self._adapt_model(model)
+        if self.resume_from:
+            self.model_path = resume_state["model"]
+            if cfg.model.lora_r > 0:
+                _load_adapter(model, self.resume_from)
         _register_forward_params(model)
-        d = cfg.data
-        rows = load_rows(d.dataset, cfg.train.seed, columns={
-            "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         need_demos = cfg.rollout.n_demos > 0
-        self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=log)
+        self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=log,
+                                         n_demos=cfg.rollout.n_demos)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.reward_fn = get_reward_fn(cfg.data.reward, cfg.data.dataset)
         self.eval_sets = self._eval_sets()
         o = cfg.optim
@@ -206,7 +298,49 @@ class Trainer:
         self.engine = make_engine(cfg.rollout.engine, self.unwrapped, self.tokenizer, cfg.rollout)
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
         self.step = 0
+        self.nonfinite_streak = 0  # consecutive steps whose updates were skipped (non-finite)
+        self.eval_before: dict = {}
+        self.eval_history: list[dict] = []
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None)
+        if self.resume_from:
+            self._restore(self.resume_from, resume_state)
+
+    # ------------------------------------------------------------------ resume
+    def _resume_checkpoint(self) -> tuple[Path, dict]:
+        """The newest complete checkpoint of the run folder and its trainer state; a
+        TrainingError when there is none or the run is already complete."""
+        ck = latest_checkpoint(self.out)
+        if ck is None:
+            raise TrainingError(
+                f"--resume {self.out}: no complete checkpoint in {self.out / 'checkpoints'} (one is written every "
+                f"train.save_every steps); nothing to resume. To start the run over: srft train --config "
+                f"{self.out / 'config.yaml'} --output-dir {self.out} --train.overwrite true")
+        state = json.loads((ck / "trainer_state.json").read_text())
+        if state["step"] >= self.cfg.train.max_steps:
+            raise TrainingError(f"--resume {self.out}: checkpoint {ck.name} is at step {state['step']} and "
+                                f"train.max_steps is {self.cfg.train.max_steps}: nothing left to train (pass "
+                                f"--max-steps N with N > {state['step']} to train further)")
+        return ck, state
+
+    def _restore(self, ck: Path, state: dict) -> None:
+        """Optimiser, scheduler, prompt order, step, eval history, random states of checkpoint `ck`
+        (the weights were loaded with the model)."""
+        if state["sampler"]["n"] != len(self.examples):
+            raise TrainingError(f"--resume {self.out}: checkpoint {ck.name} was trained on {state['sampler']['n']} "
+                                f"rows, the data now has {len(self.examples)} (data.* settings changed?)")
+        opt = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.eval_before = state.get("eval_before", {})
+        self.eval_history = state.get("eval_history", [])
+        set_rng_state(torch.load(ck / "rng_state.pt", weights_only=True))
+        for stale in (self.out / "checkpoints").glob(".tmp-*"):  # a save cut short by the crash
+            shutil.rmtree(stale, ignore_errors=True)
+        self.log(f"[srft] resuming {self.out} from checkpoint {ck.name} (step {self.step} of "
+                 f"{self.cfg.train.max_steps})")
 
     def _adapt_model(self, model):
         """Gradient checkpointing and LoRA (peft), as configured."""
@@ -378,7 +512,8 @@ class Trainer:
                 if not math.isfinite(gn) or not math.isfinite(step_metrics.get("loss/total", 0.0)):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
-                    self.log(f"[srft] step {self.step}: non-finite loss or gradient, update skipped")
+                    self.log(f"[srft] step {self.step + 1}: non-finite loss or gradient (loss/total "
+                             f"{step_metrics.get('loss/total', float('nan')):.4g}, grad norm {gn:.4g}), update skipped")
                 else:
                     self.optimizer.step()
                 self.scheduler.step()
@@ -410,6 +545,17 @@ class Trainer:
         m["optim/lr"] = lr
         return m
 
+    def _stop_if_nonfinite(self) -> None:
+        """train.max_nonfinite_steps steps in a row with skipped updates stop the run."""
+        limit = self.cfg.train.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            last = latest_checkpoint(self.out)
+            raise TrainingError(
+                f"step {self.step}: the loss or gradient was not finite for {self.nonfinite_streak} steps in a row "
+                f"(train.max_nonfinite_steps={limit}); the run stopped. Last good checkpoint: "
+                f"{last if last else 'none (train.save_every)'}; lower optim.lr or check the data, then "
+                f"srft train --resume {self.out}")
+
     # ------------------------------------------------------------------ eval, save
     def evaluate(self) -> dict:
         from srft.evaluation import evaluate
@@ -420,7 +566,20 @@ class Trainer:
         return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
                         engine=self.engine, seed=self.cfg.train.seed)
 
+    def _check_finite(self, what: str) -> None:
+        """Refuse to save non-finite weights (the previous checkpoint stays as it is)."""
+        for name, p in self.unwrapped.named_parameters():
+            if not torch.isfinite(p).all():
+                last = latest_checkpoint(self.out)
+                raise TrainingError(f"step {self.step}: parameter {name} is not finite; the {what} was not "
+                                    f"saved (last good checkpoint: {last or 'none'})")
+
     def save_checkpoint(self) -> Path:
+        """checkpoints/step-NNNNNN: model + tokenizer, optimiser and scheduler, random states and
+        trainer_state.json (step, prompt order, eval history), written in .tmp-step-NNNNNN and renamed
+        into place, so a crash mid-save leaves the previous checkpoints as they were. The newest
+        train.save_total_limit checkpoints are kept."""
+        self._check_finite("checkpoint")
         ck_root = self.out / "checkpoints"
         ck_root.mkdir(exist_ok=True)
         final = ck_root / f"step-{self.step:06d}"
@@ -432,14 +591,17 @@ class Trainer:
         self.tokenizer.save_pretrained(tmp)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                    tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng_state.pt")
+        torch.save(rng_state(), tmp / "rng_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": self.step, "sampler": self.sampler.state_dict(), "model": self.model_path}, indent=2))
+            {"step": self.step, "sampler": self.sampler.state_dict(), "model": self.model_path,
+             "nonfinite_streak": self.nonfinite_streak, "eval_before": self.eval_before,
+             "eval_history": self.eval_history}, indent=2))  # written last: marks the checkpoint complete
+        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        kept = sorted(p for p in ck_root.iterdir() if p.name.startswith("step-"))
-        for old in kept[: max(0, len(kept) - self.cfg.train.save_total_limit)]:
+        kept = sorted((int(m.group(1)), p) for p in ck_root.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name)))
+        for _, old in kept[: max(0, len(kept) - self.cfg.train.save_total_limit)]:
             shutil.rmtree(old)
         return final
 
@@ -447,6 +609,7 @@ class Trainer:
         """The trained model in its own format (safetensors). With LoRA: the adapter
         in final/adapter and the merged model in final/ (so final/ loads with
         AutoModelForCausalLM either way)."""
+        self._check_finite("final model")
         final = self.out / "final"
         tmp = self.out / ".tmp-final"
         if tmp.exists():
@@ -457,6 +620,7 @@ class Trainer:
             model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -470,16 +634,22 @@ class Trainer:
         if self.metrics.use_trackers:
             hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(to_dict(cfg)).items()}
             self.accelerator.init_trackers("srft", config=hp)
-        (self.out / "metrics.jsonl").write_text("")
         t_start = time.perf_counter()
-        before = self.evaluate()
-        history = [{"step": 0, **{k: v["accuracy"] for k, v in before.items()}}] if before else []
+        if self.resume_from:  # the "before" evaluation and the history come from the checkpoint
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            before, history = self.eval_before, self.eval_history
+        else:
+            (self.out / "metrics.jsonl").write_text("")
+            before = self.evaluate()
+            history = [{"step": 0, **{k: v["accuracy"] for k, v in before.items()}}] if before else []
+        self.eval_before, self.eval_history = before, history
         self.log(f"[srft] preset={cfg.train.preset} model={self.model_path} steps={cfg.train.max_steps} "
                  f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos}")
-        bar = tqdm(range(cfg.train.max_steps), desc=f"train {cfg.train.preset}", disable=None)
+        bar = tqdm(range(self.step, cfg.train.max_steps), desc=f"train {cfg.train.preset}", disable=None)
         after = before
         for _ in bar:
             m = self.train_step()
+            self.nonfinite_streak = self.nonfinite_streak + 1 if m["optim/skipped_updates"] else 0
             last = self.step >= cfg.train.max_steps
             if last or (cfg.train.eval_every and self.step % cfg.train.eval_every == 0):
                 res = self.evaluate()
@@ -490,6 +660,7 @@ class Trainer:
                 if last:
                     after = res
             self.metrics.write(self.step, m)
+            self._stop_if_nonfinite()
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}" if math.isfinite(m["reward/mean"]) else "-",
                             H=f"{m['entropy/rollout']:.2f}" if math.isfinite(m["entropy/rollout"]) else "-")
             if cfg.train.save_every and self.step % cfg.train.save_every == 0:
@@ -505,6 +676,16 @@ class Trainer:
         if self.metrics.use_trackers:
             self.accelerator.end_training()
         return result
+
+
+def _keep_matplotlib_cache_in(run_dir: Path) -> None:
+    """matplotlib (plots; also imported by reasoning-gym) writes its font cache to ~/.cache/matplotlib
+    unless MPLCONFIGDIR says otherwise; a run keeps it in its own folder (run_dir/.matplotlib), unless
+    MPLCONFIGDIR is set or matplotlib is already loaded in this process."""
+    import sys
+
+    if "matplotlib" not in sys.modules:
+        os.environ.setdefault("MPLCONFIGDIR", str(Path(run_dir).resolve() / ".matplotlib"))
 
 
 def _mean(xs) -> float:

@@ -64,6 +64,14 @@ def test_saved_config_round_trips(tmp_path):
         (["--train.mini_batches", "3"], "train.mini_batches"),
         (["--objective.entropy_granularity", "word"], "objective.entropy_granularity"),
         (["--train.report_to", "mlflow"], "train.report_to"),
+        (["--train.mini_batches", "0"], "train.mini_batches must be >= 1"),
+        (["--train.epochs_per_batch", "0"], "train.epochs_per_batch must be >= 1"),
+        (["--train.save_total_limit", "0"], "train.save_total_limit must be >= 1"),
+        (["--train.max_nonfinite_steps", "0"], "train.max_nonfinite_steps must be >= 1"),
+        (["--train.save_every", "-1"], "train.save_every must be >= 0"),
+        (["--rollout.batch_size", "0"], "rollout.batch_size must be >= 1"),
+        (["--eval.k", "0"], "eval.k must be >= 1"),
+        (["--data.max_demo_tokens", "0"], "data.max_demo_tokens must be >= 1"),
     ],
 )
 def test_bad_values_name_the_field(argv, needle):
@@ -76,3 +84,18 @@ def test_unknown_yaml_key_names_it(tmp_path):
     y.write_text("objective:\n  clip: 0.3\n")
     with pytest.raises(ValueError, match="objective.clip"):
         parse(["--config", str(y)])
+
+
+def test_resume_reads_the_run_config_and_flags_still_win(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(parse(["--preset", "grpo", "--max-steps", "5", "--seed", "4", "--output-dir", "elsewhere"]),
+                run / "config.yaml")
+    assert "resume: ''" in (run / "config.yaml").read_text()  # a saved config never resumes by itself
+    cfg = parse(["--resume", str(run), "--max-steps", "8"])
+    assert cfg.train.resume == str(run) and cfg.train.output_dir == str(run)
+    assert (cfg.train.preset, cfg.train.seed, cfg.rollout.n_demos, cfg.train.max_steps) == ("grpo", 4, 0, 8)
+    with pytest.raises(ValueError, match="drop --output-dir"):
+        parse(["--resume", str(run), "--output-dir", str(tmp_path / "other")])
+    with pytest.raises(ValueError, match="no config.yaml there"):
+        parse(["--resume", str(tmp_path)])

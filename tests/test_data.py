@@ -235,6 +235,17 @@ def test_demonstrations_optional_without_demo_groups():
     assert validate_row(0, {"prompt": "p", "answer": "1", "demonstration": None}, False) == ("p", [], "1")
 
 
+def test_more_demonstrations_per_group_than_a_row_has():
+    """rollout.n_demos demonstrations per group: a row with fewer is an error (a group never repeats one)."""
+    rows = [{"prompt": "p", "demonstration": ["a", "b"], "answer": "1"}, {"prompt": "q", "demonstration": "c", "answer": "2"}]
+    exs = prepare_examples(rows[:1], CharTokenizer(), cfg(), True, log=lambda *_: None, n_demos=2)
+    assert exs[0].demo_texts == ["a", "b"]
+    with pytest.raises(DataError, match=r"row 1: field 'demonstration' has 1 demonstration\(s\), fewer than "
+                                        r"rollout.n_demos=2"):
+        prepare_examples(rows, CharTokenizer(), cfg(), True, log=lambda *_: None, n_demos=2)
+    assert len(prepare_examples(rows, CharTokenizer(), cfg(), False, log=lambda *_: None, n_demos=2)) == 2
+
+
 def test_long_demo_policy_unchanged():
     rows = [{"prompt": "p", "demonstration": "x" * 20, "answer": "1"}, {"prompt": "p", "demonstration": "y", "answer": "2"}]
     logs = []

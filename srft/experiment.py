@@ -1,0 +1,437 @@
+"""`srft experiment`: SRFT against its baselines and ablations on the testbed.
+
+Runs a grid of presets x seeds at an equal budget per method, then writes
+
+    OUT/results.md      the comparison table (mean +- std over seeds, base model first)
+    OUT/results.json    every number behind it (per run, per seed, curves)
+    OUT/plots/          accuracy vs step and rollout entropy vs step, one line per method
+    OUT/runs/PRESET/seed-S/   each run's own folder (config, metrics, eval, final model)
+
+Equal budget (EXPERIMENT_BUDGET): every method makes the same number of optimiser
+steps (`train.max_steps`) on the same number of prompts per step, with groups of 8
+responses per prompt where it samples (SRFT/LUFFY: 7 rollouts + 1 demonstration;
+GRPO: 8 rollouts; RL+SFT: 8 rollouts and the demonstration as an extra NLL term).
+SFT sees one demonstration per prompt, the same demonstration count as SRFT.
+SFT-then-GRPO splits the steps half and half (see `srft.stages`). Everything else is
+the config defaults, identical across methods (learning rate, clipping, lengths).
+
+Finished runs are kept: running the same command again skips every run whose
+`eval.json` exists and redoes unfinished ones, so an interrupted grid continues.
+
+Precedence for each run: defaults < preset < experiment budget (< --quick) < YAML
+(--config) < command-line flags; the flags apply to every run of the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft"]
+EXPERIMENT_BUDGET = {
+    "train.max_steps": 100, "train.prompts_per_step": 16, "train.eval_every": 20, "train.save_every": 0,
+}
+QUICK_BUDGET = {
+    "train.max_steps": 2, "train.prompts_per_step": 4, "train.eval_every": 1, "train.save_every": 0,
+    "train.micro_batch_size": 32, "rollout.max_new_tokens": 8, "eval.limit": 6, "eval.max_new_tokens": 8,
+}
+QUICK_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo"]
+QUICK_SEEDS = [0, 1]
+ID_SETS = ("id_chain4",)
+
+
+def all_presets() -> list[str]:
+    from srft.objective import SRFT_ABLATIONS
+
+    return MAIN_PRESETS + list(SRFT_ABLATIONS)
+
+
+def parse_presets(text: str) -> list[str]:
+    from srft.objective import SRFT_ABLATIONS, get_preset
+
+    names: list[str] = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        expand = {"all": all_presets(), "main": MAIN_PRESETS, "ablations": ["srft", *SRFT_ABLATIONS]}.get(part)
+        for n in expand or [part]:
+            get_preset(n)  # unknown names fail here, before anything runs
+            if n not in names:
+                names.append(n)
+    if not names:
+        raise ValueError("--presets is empty")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from srft.config import add_config_flags
+
+    p.add_argument("--presets", default=None,
+                   help="comma-separated presets, or the groups all / main / ablations (default: all; "
+                        f"--quick: {','.join(QUICK_PRESETS)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 1 2)")
+    p.add_argument("--quick", action="store_true", help="a tiny grid (2 steps, few problems) for tests and smoke checks")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process with cpu_count/jobs torch threads (default 1)")
+    add_config_flags(p)  # --output-dir, --max-steps, --config, --section.field ... apply to every run
+
+
+# ---------------------------------------------------------------------------- running
+def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict, flag_over: dict):
+    from srft.config import Config, apply_overrides
+    from srft.objective import get_preset
+
+    cfg = apply_overrides(Config(), {**get_preset(preset).overrides, "train.preset": preset}, f"preset {preset}")
+    cfg = apply_overrides(cfg, QUICK_BUDGET if quick else EXPERIMENT_BUDGET, "experiment budget")
+    cfg = apply_overrides(cfg, yaml_over, "--config")
+    cfg = apply_overrides(cfg, flag_over, "command line")
+    run_dir = root / "runs" / preset / f"seed-{seed}"
+    cfg = apply_overrides(cfg, {"train.seed": seed, "train.output_dir": str(run_dir), "train.overwrite": True},
+                          "grid")
+    cfg.validate()
+    return cfg
+
+
+def run_one(cfg, log_path: Path) -> dict:
+    """One run of the grid, its log written to log_path; returns its eval.json."""
+    from srft.stages import is_staged, run_stages
+    from srft.trainer import Trainer
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as fh:
+        def log(*a):
+            print(*a, file=fh, flush=True)
+
+        if is_staged(cfg):
+            return run_stages(cfg, log=log)
+        return Trainer(cfg, log=log).train()
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(threads)
+    from srft.cli import _quiet_libraries
+
+    _quiet_libraries()
+
+
+def _run_in_worker(cfg) -> tuple[dict, float]:
+    t = time.perf_counter()
+    res = run_one(cfg, Path(cfg.train.output_dir) / "log.txt")
+    return {"after": res["after"]}, time.perf_counter() - t
+
+
+def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = False, yaml_over=None,
+             flag_over=None, log=print, jobs: int = 1) -> dict:
+    from tqdm.auto import tqdm
+
+    yaml_over, flag_over = yaml_over or {}, flag_over or {}
+    cfgs = {(p, s): run_config(p, s, root, quick, yaml_over, flag_over) for p in presets for s in seeds}
+    root.mkdir(parents=True, exist_ok=True)
+    if any(c.model.name_or_path == "testbed" for c in cfgs.values()):
+        from srft.testbed.base_model import ensure_base_model
+
+        ensure_base_model(0, log=log)  # once, before any worker needs it
+    todo = [k for k, c in cfgs.items() if not (Path(c.train.output_dir) / "eval.json").exists()]
+    log(f"[srft] experiment: {len(presets)} presets x {len(seeds)} seeds = {len(cfgs)} runs "
+        f"({len(cfgs) - len(todo)} already done) in {root}")
+    t0 = time.perf_counter()
+    prev = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # one progress bar for the grid, not one per run
+    def report(key, res, seconds):
+        acc = " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in res["after"].items())
+        log(f"[srft] {key[0]} seed {key[1]}: {acc}  ({seconds:.0f}s)")
+
+    try:
+        bar = tqdm(total=len(todo), desc="experiment", disable=False if sys.stderr.isatty() else None)
+        if jobs <= 1:
+            for key in todo:
+                bar.set_postfix(run=f"{key[0]}/seed-{key[1]}")
+                t = time.perf_counter()
+                res = run_one(cfgs[key], Path(cfgs[key].train.output_dir) / "log.txt")
+                report(key, res, time.perf_counter() - t)
+                bar.update()
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+                futures = {pool.submit(_run_in_worker, cfgs[key]): key for key in todo}
+                for fut in as_completed(futures):
+                    res, seconds = fut.result()
+                    report(futures[fut], res, seconds)
+                    bar.update()
+        bar.close()
+    finally:
+        if prev is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = prev
+    elapsed = time.perf_counter() - t0
+    runs = {}
+    for (preset, seed), cfg in cfgs.items():
+        run_dir = Path(cfg.train.output_dir)
+        runs[(preset, seed)] = {"eval": json.loads((run_dir / "eval.json").read_text()),
+                                "metrics": _read_rows(run_dir / "metrics.jsonl")}
+    return {"runs": runs, "elapsed": elapsed, "n_run_now": len(todo), "cfgs": cfgs}
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- summary
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _final_entropy(rows: list[dict], tail: float = 0.1) -> float:
+    vals = [r["entropy/rollout"] for r in rows if isinstance(r.get("entropy/rollout"), (int, float))
+            and math.isfinite(r["entropy/rollout"])]
+    if not vals:
+        return float("nan")
+    n = max(1, int(round(len(vals) * tail)))
+    return statistics.fmean(vals[-n:])
+
+
+def summarize(presets: list[str], seeds: list[int], runs: dict) -> dict:
+    """Per method: accuracy per set and on average (in- and out-of-distribution), mean and
+    std over seeds; final rollout entropy; mean curves of accuracy and entropy per step."""
+    first = runs[(presets[0], seeds[0])]["eval"]
+    sets = list(first["after"])
+    id_sets = [s for s in sets if s in ID_SETS] or sets[:1]
+    ood_sets = [s for s in sets if s not in id_sets]
+
+    def cells(evals: list[dict]) -> dict:
+        out = {}
+        for s in sets:
+            out[s] = _mean_std([100 * e[s]["accuracy"] for e in evals])
+        out["ID avg"] = _mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in id_sets) for e in evals])
+        if ood_sets:
+            out["OOD avg"] = _mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in ood_sets) for e in evals])
+        return out
+
+    table = {"base": {**cells([first["before"]]), "entropy": (float("nan"), float("nan"))}}
+    curves = {}
+    for p in presets:
+        evals = [runs[(p, s)]["eval"]["after"] for s in seeds]
+        table[p] = {**cells(evals), "entropy": _mean_std([_final_entropy(runs[(p, s)]["metrics"]) for s in seeds])}
+        curves[p] = _mean_curves([runs[(p, s)] for s in seeds], id_sets, ood_sets)
+    return {"sets": sets, "id_sets": id_sets, "ood_sets": ood_sets, "table": table, "curves": curves}
+
+
+def _mean_curves(runs: list[dict], id_sets, ood_sets) -> dict:
+    """Mean over seeds of the ID / OOD accuracy at each evaluated step and of the rollout
+    entropy at each step (steps present in every seed only)."""
+    def mean_by_step(series: list[dict[int, float]]) -> list[tuple[int, float]]:
+        steps = sorted(set.intersection(*[set(s) for s in series])) if series else []
+        return [(st, statistics.fmean(s[st] for s in series)) for st in steps]
+
+    acc_id, acc_ood, ent = [], [], []
+    for r in runs:
+        hist = r["eval"].get("history", [])
+        acc_id.append({h["step"]: 100 * statistics.fmean(h[s] for s in id_sets) for h in hist})
+        if ood_sets:
+            acc_ood.append({h["step"]: 100 * statistics.fmean(h[s] for s in ood_sets) for h in hist})
+        ent.append({row["step"]: row["entropy/rollout"] for row in r["metrics"]
+                    if isinstance(row.get("entropy/rollout"), (int, float)) and math.isfinite(row["entropy/rollout"])})
+    return {"accuracy_id": mean_by_step(acc_id), "accuracy_ood": mean_by_step(acc_ood) if ood_sets else [],
+            "entropy": mean_by_step([e for e in ent if e])}
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float):
+    """First evaluated step at which a mean accuracy curve reaches target (None if never)."""
+    for step, v in curve:
+        if v >= target:
+            return step
+    return None
+
+
+# two-sided 5% critical values of Student's t for n seeds per method, equal variances (df = 2n - 2);
+# Welch's df is at most this, so these are a lenient threshold
+T_CRIT = {2: 4.30, 3: 2.78, 4: 2.45, 5: 2.31}
+
+
+def welch_t(m1: float, s1: float, m2: float, s2: float, n: int) -> float:
+    """Welch's t statistic for two means of n samples each with standard deviations s1, s2."""
+    se = math.sqrt((s1 * s1 + s2 * s2) / n)
+    if se == 0:
+        return 0.0 if m1 == m2 else math.copysign(math.inf, m1 - m2)
+    return (m1 - m2) / se
+
+
+def compare_to(table: dict, ref: str, col: str, n: int) -> dict[str, tuple[float, float]]:
+    """ref minus each other method on column col: (difference, Welch t)."""
+    m1, s1 = table[ref][col]
+    return {m: (m1 - row[col][0], welch_t(m1, s1, row[col][0], row[col][1], n))
+            for m, row in table.items() if m not in (ref, "base")}
+
+
+def _or_never(step) -> str:
+    return "never" if step is None else str(step)
+
+
+def format_results_table(summary: dict) -> str:
+    sets = summary["sets"]
+    cols = sets + ["ID avg"] + (["OOD avg"] if summary["ood_sets"] else []) + ["entropy"]
+    head = ["method"] + [c if c != "entropy" else "final rollout entropy" for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, row in summary["table"].items():
+        out = [method]
+        for c in cols:
+            m, s = row[c]
+            if not math.isfinite(m):
+                out.append("-")
+            elif c == "entropy":
+                out.append(f"{m:.3f} ± {s:.3f}")
+            else:
+                out.append(f"{m:.1f} ± {s:.1f}" if method != "base" else f"{m:.1f}")
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plots
+def _draw(ax, methods, curves, key, color, title, ylabel, **style) -> None:
+    """One line per method: the mean curve `key` (step, value)."""
+    for m in methods:
+        pts = curves[m][key]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, color=color[m], **style)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_experiment_plots(summary: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from srft.objective import SRFT_ABLATIONS
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = summary["curves"]
+    groups = {"main": [p for p in curves if p not in SRFT_ABLATIONS],
+              "ablations": [p for p in curves if p in SRFT_ABLATIONS or p == "srft"]}
+    if len(groups["ablations"]) <= 1:
+        groups.pop("ablations")
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    color = {m: palette[i % len(palette)] for i, m in enumerate(curves)}  # one colour per method in every plot
+    written = []
+    for gname, methods in groups.items():
+        fig, axes = plt.subplots(1, 2 if summary["ood_sets"] else 1, figsize=(11, 4), squeeze=False)
+        for key, ax, title in (("accuracy_id", axes[0][0], "in-distribution"),
+                               ("accuracy_ood", axes[0][-1], "out-of-distribution (mean)")):
+            if key == "accuracy_ood" and not summary["ood_sets"]:
+                continue
+            _draw(ax, methods, curves, key, color, f"Accuracy, {title}", "accuracy (%), mean over seeds",
+                  marker="o", markersize=3)
+        written.append(_save(fig, out / f"accuracy_{gname}.png"))
+
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        _draw(ax, methods, curves, "entropy", color, "Rollout entropy (mean over seeds; SFT samples no rollouts)",
+              "nats / token")
+        ax.set_yscale("log")
+        written.append(_save(fig, out / f"entropy_{gname}.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------- command
+def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command: str, quick: bool) -> str:
+    cfg0 = next(iter(grid["cfgs"].values()))
+    budget = (f"{cfg0.train.max_steps} optimiser steps x {cfg0.train.prompts_per_step} prompts per step, "
+              f"groups of {cfg0.rollout.n_rollouts + cfg0.rollout.n_demos} (srft), rollout.max_new_tokens "
+              f"{cfg0.rollout.max_new_tokens}, lr {cfg0.optim.lr}, eval every {cfg0.train.eval_every} steps on "
+              f"{cfg0.eval.limit or 'all'} problems per set (greedy)")
+    seconds = {p: _mean_std([grid["runs"][(p, s)]["eval"]["train_seconds"] for s in seeds])[0] for p in presets}
+    text = [
+        f"# srft experiment{' (quick)' if quick else ''}",
+        "",
+        f"Command: `{command}`",
+        f"Seeds: {' '.join(map(str, seeds))}; budget per run: {budget}.",
+        f"Wall time of this invocation: {grid['elapsed'] / 60:.1f} min for {grid['n_run_now']} runs "
+        f"(the others were already done); per-run training time (s): "
+        + ", ".join(f"{p} {seconds[p]:.0f}" for p in presets) + ".",
+        "",
+        "Accuracy (%) after training, mean ± std over seeds; final rollout entropy = mean token entropy of "
+        "the rollouts over the last 10% of steps.",
+        "",
+        format_results_table(summary),
+        "",
+    ]
+    if "srft" in presets and len(seeds) > 1:
+        text.append("In-distribution accuracy of srft minus each method, points, with Welch's t over seeds "
+                    f"(|t| > {T_CRIT.get(len(seeds), 2.0):.2f} is unlikely under equal means at 5%, two-sided, "
+                    f"with {len(seeds)} seeds each): "
+                    + ", ".join(f"{p} {d:+.1f} (t {t:+.1f})" for p, (d, t) in
+                                compare_to(summary["table"], "srft", "ID avg", len(seeds)).items()) + ".")
+        text.append("")
+    ref = "sft_then_grpo"
+    trained = {p: [pt for pt in summary["curves"][p]["accuracy_id"] if pt[0] > 0] for p in presets}
+    if trained.get(ref):
+        target = max(v for _, v in trained[ref])
+        text.append(f"First evaluated step at which each method's mean in-distribution accuracy reaches the best "
+                    f"{ref} reached at any evaluation ({target:.1f}%): "
+                    + ", ".join(f"{p} {_or_never(steps_to_reach(trained[p], target))}" for p in presets) + ".")
+        text.append("")
+    text.append("Plots: " + ", ".join(f"[{p.name}](plots/{p.name})" for p in sorted((root / "plots").glob("*.png"))))
+    md = "\n".join(text) + "\n"
+    (root / "results.md").write_text(md)
+    js = {"command": command, "presets": presets, "seeds": seeds, "quick": quick, "budget": budget,
+          "elapsed_seconds": grid["elapsed"], "sets": summary["sets"],
+          "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
+          "curves": summary["curves"],
+          "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
+                   for (p, s), r in grid["runs"].items()}}
+    (root / "results.json").write_text(json.dumps(js, indent=2))
+    return md
+
+
+def run_experiment_from_args(args) -> int:
+    from srft.config import flag_overrides, load_yaml
+
+    flag_over = flag_overrides(args)
+    for k in ("train.preset", "train.seed"):
+        if k in flag_over:
+            raise ValueError(f"{k} is set by the grid: use --presets / --seeds")
+    if flag_over.get("train.resume"):
+        raise ValueError("--resume: run the same `srft experiment` command again instead; it skips finished "
+                         "runs and redoes unfinished ones")
+    root = Path(flag_over.pop("train.output_dir", "runs/experiment-quick" if args.quick else "runs/experiment"))
+    yaml_over = load_yaml(args.config) if args.config else {}
+    presets = parse_presets(args.presets or (",".join(QUICK_PRESETS) if args.quick else "all"))
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else [0, 1, 2])
+    grid = run_grid(presets, seeds, root, args.quick, yaml_over, flag_over, jobs=args.jobs)
+    summary = summarize(presets, seeds, grid["runs"])
+    make_experiment_plots(summary, root / "plots")
+    command = "srft experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 \
+        else "srft experiment"
+    md = write_results(root, presets, seeds, grid, summary, command, args.quick)
+    print()
+    print(md)
+    print(f"results: {root / 'results.md'}  (results.json, plots/, runs/)")
+    return 0

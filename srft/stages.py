@@ -1,0 +1,149 @@
+"""Multi-stage runs (the `sft_then_grpo` baseline): stages run one after another,
+each a normal single-stage run in its own sub-folder, each starting from the
+previous stage's final model with a fresh optimiser (the usual "SFT, then RL").
+
+    OUT/stage1-sft/     a complete run folder (config, metrics, checkpoints, final/)
+    OUT/stage2-grpo/    ditto, model = OUT/stage1-sft/final
+    OUT/config.yaml     the resolved config of the whole run
+    OUT/metrics.jsonl   every stage's rows, steps renumbered 1..max_steps, plus `train/stage`
+    OUT/eval.json       base model before stage 1, final model after the last stage,
+                        accuracy history over the global step
+    OUT/final/          the last stage's final model (moved there)
+
+Budget: the stages share `train.max_steps` by the preset's fractions (sft_then_grpo:
+half and half), so a two-stage run makes as many optimiser steps as a one-stage run;
+its SFT stage sees half the demonstrations and its GRPO stage half the rollouts of
+the corresponding one-stage runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from srft.config import Config, apply_overrides, flatten, save_config, to_dict
+from srft.objective import get_preset
+
+
+def stage_steps(max_steps: int, fractions: list[float]) -> list[int]:
+    """Split max_steps by fractions; the last stage takes the remainder."""
+    total = sum(fractions)
+    steps = [int(round(max_steps * f / total)) for f in fractions[:-1]]
+    return steps + [max_steps - sum(steps)]
+
+
+def stage_configs(cfg: Config) -> list[Config]:
+    """One config per stage. The last stage is the run's config itself (its preset's
+    overrides are the multi-stage preset's), so user flags reach it unchanged; earlier
+    stages take the run's config with the multi-stage preset's values reset to the
+    defaults, then their own preset's values (user flags still reach them)."""
+    preset = get_preset(cfg.train.preset)
+    names = [name for name, _ in preset.stages]
+    steps = stage_steps(cfg.train.max_steps, [f for _, f in preset.stages])
+    out = Path(cfg.train.output_dir)
+    cfgs = []
+    # earlier stages: the run's config without the multi-stage preset's own values (reset to the
+    # defaults where the user did not change them), then the stage preset's values
+    defaults = flatten(to_dict(Config()))
+    current = flatten(to_dict(cfg))
+    unset = {k: defaults[k] for k, v in preset.overrides.items() if current.get(k) == v}
+    for i, (name, n) in enumerate(zip(names, steps)):
+        if i == len(names) - 1:
+            base = cfg
+        else:
+            base = apply_overrides(apply_overrides(cfg, unset, "stage defaults"), get_preset(name).overrides,
+                                   f"stage {name}")
+        sub = {"train.preset": name, "train.max_steps": n, "train.resume": "",
+               "train.output_dir": str(out / f"stage{i + 1}-{name}")}
+        if i > 0:
+            sub["model.name_or_path"] = str(out / f"stage{i}-{names[i - 1]}" / "final")
+        c = apply_overrides(base, sub, f"stage {i + 1}")
+        c.validate()
+        cfgs.append(c)
+    return cfgs
+
+
+def is_staged(cfg: Config) -> bool:
+    return bool(get_preset(cfg.train.preset).stages)
+
+
+def _resume_stage(scfg: Config, is_last: bool, out: Path, log) -> Optional[dict]:
+    """On resume: a finished stage's result (None if it must run); an unfinished stage with a
+    checkpoint resumes from it, one without starts over."""
+    from srft.trainer import latest_checkpoint
+
+    sdir = Path(scfg.train.output_dir)
+    done = sdir / "eval.json"
+    if done.exists() and ((sdir / "final").exists() or (is_last and (out / "final").exists())):
+        log(f"[srft] stage {sdir.name} is complete")
+        return json.loads(done.read_text())
+    if latest_checkpoint(sdir) is not None:
+        scfg.train.resume = str(sdir)
+    else:
+        scfg.train.overwrite = True
+    return None
+
+
+def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
+    """Run every stage; returns the same result dict as `Trainer.train`. With
+    `train.resume` (the run folder), finished stages are kept and the unfinished one
+    continues from its newest checkpoint (see `srft.trainer.Trainer`)."""
+    if trainer_cls is None:
+        from srft.trainer import Trainer as trainer_cls
+    out = Path(cfg.train.output_dir)
+    resume = bool(cfg.train.resume)
+    if not resume and not cfg.train.overwrite and any((out / n).exists()
+                                                      for n in ("metrics.jsonl", "final", "eval.json")):
+        raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
+                              f"--resume {out} to continue it, or --train.overwrite true to replace it")
+    if resume and (out / "eval.json").exists() and (out / "final").exists():
+        raise ValueError(f"--resume {out}: the run is complete (eval.json and final/ are there)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(cfg, out / "config.yaml")
+    results, rows, offset = [], [], 0
+    cfgs = stage_configs(cfg)
+    for i, scfg in enumerate(cfgs):
+        res = _resume_stage(scfg, i == len(cfgs) - 1, out, log) if resume else None
+        if res is None:
+            log(f"[srft] {cfg.train.preset}: stage {i + 1} = {scfg.train.preset} for {scfg.train.max_steps} "
+                f"steps from {scfg.model.name_or_path}")
+            res = trainer_cls(scfg, log=log).train()
+        results.append(res)
+        for line in (Path(scfg.train.output_dir) / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row["step"] += offset
+                row["train/stage"] = i + 1
+                rows.append(row)
+        offset += scfg.train.max_steps
+    tmp = out / ".tmp-metrics.jsonl"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out / "metrics.jsonl")
+    history, offset = [], 0
+    for i, res in enumerate(results):
+        for h in res.get("history", []):
+            if i > 0 and h["step"] == 0:
+                continue  # the same model as the previous stage's last entry
+            history.append({**h, "step": h["step"] + offset})
+        offset += res["steps"]
+    last_final = Path(cfgs[-1].train.output_dir) / "final"
+    final = out / "final"
+    if last_final.exists():  # (a resumed run may have moved it already)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(last_final, final)
+    result = {"preset": cfg.train.preset, "steps": offset, "model": results[0]["model"], "final": str(final),
+              "train_seconds": round(sum(r["train_seconds"] for r in results), 1),
+              "before": results[0]["before"], "after": results[-1]["after"], "history": history,
+              "stages": [{"preset": r["preset"], "steps": r["steps"], "folder": str(Path(c.train.output_dir))}
+                         for r, c in zip(results, cfgs)]}
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    from srft.plots import make_plots
+
+    make_plots(out)
+    return result
+
