@@ -16,7 +16,9 @@ SFT-then-GRPO splits the steps half and half (see `srft.stages`). Everything els
 the config defaults, identical across methods (learning rate, clipping, lengths).
 
 Finished runs are kept: running the same command again skips every run whose
-`eval.json` exists and redoes unfinished ones, so an interrupted grid continues.
+`eval.json` exists and redoes unfinished ones, so an interrupted grid continues. A
+finished run whose saved config differs from the one asked for stops the command
+(ValueError naming the fields) instead of mixing settings in one table.
 
 Precedence for each run: defaults < preset < experiment budget (< --quick) < YAML
 (--config) < command-line flags; the flags apply to every run of the grid.
@@ -97,6 +99,28 @@ def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict,
     return cfg
 
 
+IGNORED_FOR_REUSE = ("train.overwrite", "train.resume")
+
+
+def is_done(cfg) -> bool:
+    """A run of the grid is done when its eval.json exists; its saved config must then be the one
+    asked for now (else the grid would mix settings: a ValueError names the differences)."""
+    from srft.config import flatten, load_yaml, to_dict
+
+    run_dir = Path(cfg.train.output_dir)
+    if not (run_dir / "eval.json").exists():
+        return False
+    saved = load_yaml(str(run_dir / "config.yaml"))
+    wanted = flatten(to_dict(cfg))
+    diff = sorted(k for k in set(saved) | set(wanted)
+                  if k not in IGNORED_FOR_REUSE and saved.get(k) != wanted.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff[:5])
+        raise ValueError(f"{run_dir} was run with other settings ({shown}); pass a new --output-dir to run "
+                         f"this grid, or delete that run folder to redo it")
+    return True
+
+
 def run_one(cfg, log_path: Path) -> dict:
     """One run of the grid, its log written to log_path; returns its eval.json."""
     from srft.stages import is_staged, run_stages
@@ -139,7 +163,7 @@ def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = Fal
         from srft.testbed.base_model import ensure_base_model
 
         ensure_base_model(0, log=log)  # once, before any worker needs it
-    todo = [k for k, c in cfgs.items() if not (Path(c.train.output_dir) / "eval.json").exists()]
+    todo = [k for k, c in cfgs.items() if not is_done(c)]
     log(f"[srft] experiment: {len(presets)} presets x {len(seeds)} seeds = {len(cfgs)} runs "
         f"({len(cfgs) - len(todo)} already done) in {root}")
     t0 = time.perf_counter()

@@ -46,6 +46,10 @@ def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
     assert "(8 already done)" in capsys.readouterr().out
+    # ... but not with other settings: the grid would mix them
+    assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out),
+                 "--optim.lr", "0.5"]) == 2
+    assert "was run with other settings (optim.lr: 0.001 there, 0.5 now)" in capsys.readouterr().err
 
 
 def test_stage_split_and_configs(tmp_path):
