@@ -147,6 +147,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _run_in_worker(cfg) -> tuple[dict, float]:
+    """One run (in this process or a pool worker): its final accuracies and wall seconds."""
     t = time.perf_counter()
     res = run_one(cfg, Path(cfg.train.output_dir) / "log.txt")
     return {"after": res["after"]}, time.perf_counter() - t
@@ -169,6 +170,7 @@ def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = Fal
     t0 = time.perf_counter()
     prev = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # one progress bar for the grid, not one per run
+
     def report(key, res, seconds):
         acc = " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in res["after"].items())
         log(f"[srft] {key[0]} seed {key[1]}: {acc}  ({seconds:.0f}s)")
@@ -178,9 +180,7 @@ def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = Fal
         if jobs <= 1:
             for key in todo:
                 bar.set_postfix(run=f"{key[0]}/seed-{key[1]}")
-                t = time.perf_counter()
-                res = run_one(cfgs[key], Path(cfgs[key].train.output_dir) / "log.txt")
-                report(key, res, time.perf_counter() - t)
+                report(key, *_run_in_worker(cfgs[key]))
                 bar.update()
         else:
             import multiprocessing as mp

@@ -45,8 +45,6 @@ def stage_configs(cfg: Config) -> list[Config]:
     steps = stage_steps(cfg.train.max_steps, [f for _, f in preset.stages])
     out = Path(cfg.train.output_dir)
     cfgs = []
-    # earlier stages: the run's config without the multi-stage preset's own values (reset to the
-    # defaults where the user did not change them), then the stage preset's values
     defaults = flatten(to_dict(Config()))
     current = flatten(to_dict(cfg))
     unset = {k: defaults[k] for k, v in preset.overrides.items() if current.get(k) == v}
