@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from srft.metrics import read_metrics
+
 MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft"]
 EXPERIMENT_BUDGET = {
     "train.max_steps": 100, "train.prompts_per_step": 16, "train.eval_every": 20, "train.save_every": 0,
@@ -205,12 +207,8 @@ def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = Fal
     for (preset, seed), cfg in cfgs.items():
         run_dir = Path(cfg.train.output_dir)
         runs[(preset, seed)] = {"eval": json.loads((run_dir / "eval.json").read_text()),
-                                "metrics": _read_rows(run_dir / "metrics.jsonl")}
+                                "metrics": read_metrics(run_dir / "metrics.jsonl")}
     return {"runs": runs, "elapsed": elapsed, "n_run_now": len(todo), "cfgs": cfgs}
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------- summary

@@ -89,14 +89,13 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
     """Run every stage; returns the same result dict as `Trainer.train`. With
     `train.resume` (the run folder), finished stages are kept and the unfinished one
     continues from its newest checkpoint (see `srft.trainer.Trainer`)."""
+    from srft.trainer import refuse_used_output_dir
+
     if trainer_cls is None:
         from srft.trainer import Trainer as trainer_cls
     out = Path(cfg.train.output_dir)
     resume = bool(cfg.train.resume)
-    if not resume and not cfg.train.overwrite and any((out / n).exists()
-                                                      for n in ("metrics.jsonl", "final", "eval.json")):
-        raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
-                              f"--resume {out} to continue it, or --train.overwrite true to replace it")
+    refuse_used_output_dir(cfg)
     if resume and (out / "eval.json").exists() and (out / "final").exists():
         raise ValueError(f"--resume {out}: the run is complete (eval.json and final/ are there)")
     out.mkdir(parents=True, exist_ok=True)

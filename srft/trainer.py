@@ -54,6 +54,17 @@ from srft.rewards import get_reward_fn, score_completions
 from srft.rollout.base import SamplingParams
 
 
+RUN_MARKERS = ("metrics.jsonl", "final", "checkpoints", "eval.json")
+
+
+def refuse_used_output_dir(cfg: Config) -> None:
+    """A new run (no train.resume, no train.overwrite) never writes into a folder that holds a run."""
+    out = Path(cfg.train.output_dir)
+    if not cfg.train.resume and not cfg.train.overwrite and any((out / n).exists() for n in RUN_MARKERS):
+        raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
+                              f"--resume {out} to continue it, or --train.overwrite true to replace it")
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite training, nothing to resume); the message says why
     and what is intact. `srft train` reports it and exits with status 2."""
@@ -262,10 +273,7 @@ class Trainer:
             cfg.train.output_dir = cfg.train.resume
         self.out = Path(cfg.train.output_dir)
         self.resume_from, resume_state = self._resume_checkpoint() if cfg.train.resume else (None, None)
-        if (not cfg.train.resume and not cfg.train.overwrite
-                and any((self.out / n).exists() for n in ("metrics.jsonl", "final", "checkpoints"))):
-            raise FileExistsError(f"train.output_dir {self.out} already holds a run; pass --output-dir NEW_DIR, "
-                                  f"--resume {self.out} to continue it, or --train.overwrite true to replace it")
+        refuse_used_output_dir(cfg)
         _keep_matplotlib_cache_in(self.out)  # before anything imports matplotlib (reasoning-gym does)
         d = cfg.data
         rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
