@@ -35,6 +35,17 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except Exception:
         pass
+    import logging
+
+    # accelerate's save_state warns on every checkpoint that tied weights (lm_head = embeddings) are stored once
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def cmd_train(args) -> int:
@@ -47,6 +58,8 @@ def cmd_train(args) -> int:
     from srft.stages import is_staged, run_stages
 
     result = run_stages(cfg) if is_staged(cfg) else Trainer(cfg).train()
+    if _rank() != 0:  # several processes: the main one prints the summary
+        return 0
     out = Path(cfg.train.output_dir)
     print()
     if result["before"]:
@@ -191,7 +204,8 @@ def main(argv=None) -> int:
         trainer = sys.modules.get("srft.trainer")
         if not isinstance(e, (ValueError, FileNotFoundError, OSError) + ((trainer.TrainingError,) if trainer else ())):
             raise
-        print(f"srft: error: {e}", file=sys.stderr)
+        where = f" (rank {_rank()})" if _rank() else ""
+        print(f"srft: error{where}: {e}", file=sys.stderr)
         return 2
 
 

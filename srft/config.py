@@ -96,7 +96,7 @@ class RolloutConfig:
     max_new_tokens: int = 40
     """Response budget in tokens."""
     batch_size: int = 512
-    """Sequences generated at once."""
+    """Sequences generated at once (in each process)."""
 
 
 @dataclass
@@ -183,13 +183,14 @@ class TrainConfig:
     max_steps: int = 150
     """Training steps; one step = one rollout batch (train.mini_batches optimiser steps)."""
     prompts_per_step: int = 32
-    """Prompts per rollout batch (each gives one group)."""
+    """Prompts per rollout batch over all processes (each gives one group; with N processes each
+    takes prompts_per_step / N whole groups, so the run does the same work whatever N is)."""
     mini_batches: int = 1
     """Optimiser steps per rollout batch (the paper: 1)."""
     epochs_per_batch: int = 1
     """Passes over each rollout batch."""
     micro_batch_size: int = 128
-    """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    """Sequences per forward/backward in each process (gradient accumulation inside a mini-batch)."""
     seed: int = 0
     eval_every: int = 25
     """Evaluate every N steps (0: only before and after)."""
@@ -204,6 +205,8 @@ class TrainConfig:
     """Consecutive steps with a non-finite loss or gradient (their updates skipped) before the run stops."""
     report_to: str = "none"
     """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
+    save_rollouts: bool = False
+    """Write every step's samples (token ids, reward, advantage, global group index) to rollouts.jsonl."""
     logprob_chunk_size: int = 4096
     """Positions per chunk when computing log-probs / entropies from logits."""
 

@@ -7,8 +7,14 @@ which case k is 1) and scored by the reward function. Reported per set:
 - `pass@k`   = share of problems with at least one correct sample
 - `mean_length` = mean completion length in tokens
 
-The testbed's sets are its in-distribution test set (`id_chain3`) and its
-out-of-distribution sets (`ood_chain4`, `ood_chain5`); see `srft.testbed.tasks`.
+The testbed's sets are its in-distribution test set (`id_chain4`) and its
+out-of-distribution sets (`ood_chain5`, `ood_chain6`); see `srft.testbed.tasks`.
+
+With several processes (`dist`, a `srft.distributed.Dist`) each rank generates and
+scores its share of the problems (problem i on rank i % world, padded so that every
+rank runs as many batches), and the per-problem results are gathered on every rank.
+Sample j of problem i is seeded from (seed, set, i, j), so the results do not depend
+on the number of processes.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Optional
 
 from srft.data import encode_prompt
 from srft.rewards import score_completions
-from srft.rollout.base import SamplingParams
+from srft.rollout.base import SamplingParams, derive_seed
 
 
 def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
@@ -28,10 +34,14 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
     return {k: (v[:limit] if limit else v) for k, v in sets.items()}
 
 
-def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0) -> dict:
-    """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}."""
+def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0,
+             dist=None) -> dict:
+    """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}
+    (the same on every rank)."""
+    from srft.distributed import Dist
     from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
+    dist = dist or Dist()
     engine = engine or HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer),
                                        eval_cfg.batch_size)
     k = 1 if not eval_cfg.temperature else max(1, eval_cfg.k)
@@ -41,25 +51,34 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
     results = {}
     for name, rows in sets.items():
         t0 = time.time()
-        prompt_ids = [encode_prompt(tokenizer, r["prompt"]) for r in rows for _ in range(k)]
-        out = engine.generate(prompt_ids, params, seed=seed)
+        own, n_real = dist.padded_shard(len(rows))
+        prompt_ids = [encode_prompt(tokenizer, rows[i]["prompt"]) for i in own for _ in range(k)]
+        seeds = [derive_seed(seed, "eval", name, i, j) for i in own for j in range(k)]
+        out = engine.generate(prompt_ids, params, seed=seeds)
+        n_local = n_real * k  # the padding rows (repeats) are dropped
         completions = [
             tokenizer.decode(ids[m.bool()], skip_special_tokens=True)
-            for ids, m in zip(out.response_ids, out.response_mask)
+            for ids, m in zip(out.response_ids[:n_local], out.response_mask[:n_local])
         ]
-        cols = {c: [r.get(c) for r in rows for _ in range(k)] for c in rows[0] if c != "prompt"}
-        prompts = [r["prompt"] for r in rows for _ in range(k)]
-        rewards, _ = score_completions(reward_fn, prompts, completions, cols)
-        per_problem = [rewards[i * k : (i + 1) * k] for i in range(len(rows))]
+        real = [rows[i] for i in own[:n_real]]
+        cols = {c: [r.get(c) for r in real for _ in range(k)] for c in rows[0] if c != "prompt"}
+        prompts = [r["prompt"] for r in real for _ in range(k)]
+        rewards, _ = score_completions(reward_fn, prompts, completions, cols) if real else ([], 0)
+        lengths = out.lengths[:n_local].tolist()
+        local = [(i, rewards[a * k : (a + 1) * k], lengths[a * k : (a + 1) * k],
+                  [{"prompt": prompts[a * k + j], "completion": completions[a * k + j], "reward": rewards[a * k + j]}
+                   for j in range(k)] if i < 3 else [])
+                 for a, i in enumerate(own[:n_real])]
+        per_problem = sorted(dist.gather(local), key=lambda x: x[0])
+        flat_samples = [s for p in per_problem for s in p[3]]
         results[name] = {
-            "accuracy": sum(sum(p) / k for p in per_problem) / len(rows),
-            f"pass@{k}": sum(any(x >= 1.0 for x in p) for p in per_problem) / len(rows),
+            "accuracy": sum(sum(p[1]) / k for p in per_problem) / len(rows),
+            f"pass@{k}": sum(any(x >= 1.0 for x in p[1]) for p in per_problem) / len(rows),
             "n": len(rows),
             "k": k,
-            "mean_length": float(out.lengths.float().mean()),
+            "mean_length": float(sum(sum(p[2]) for p in per_problem) / max(1, len(rows) * k)),
             "seconds": round(time.time() - t0, 2),
-            "samples": [{"prompt": prompts[i], "completion": completions[i], "reward": rewards[i]}
-                        for i in range(min(3, len(completions)))],
+            "samples": flat_samples[:3],
         }
     return results
 

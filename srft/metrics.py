@@ -39,7 +39,7 @@ METRICS: dict[str, str] = {
     "response_length/max": "longest rollout in tokens",
     "response_length/clip_ratio": "share of rollouts that hit rollout.max_new_tokens without EOS",
     "response_length/demo": "mean demonstration length in tokens (EOS included)",
-    "time/rollout": "seconds generating rollouts",
+    "time/rollout": "seconds generating rollouts (time/* are the main process's; all ranks wait for each other)",
     "time/reward": "seconds scoring rollouts and demonstrations",
     "time/old_logprob": "seconds in the no-grad pass giving pi_old and the entropies",
     "time/update": "seconds in forward/backward/optimiser steps",
@@ -48,6 +48,7 @@ METRICS: dict[str, str] = {
     "throughput/train_tokens_per_s": "prompt+response tokens through forward/backward / time/update",
     "throughput/tokens_per_s": "(generated + trained tokens) / time/step",
     "optim/lr": "learning rate used at this step",
+    "dist/world_size": "number of training processes (ranks); every other metric is over all of them",
     "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",
     "eval/<set>/accuracy": "avg@k accuracy on an evaluation set (written on evaluation steps)",
 }
@@ -72,12 +73,16 @@ def metrics_markdown() -> str:
 class MetricsWriter:
     """Appends one JSON object per step; forwards to accelerate trackers."""
 
-    def __init__(self, path: Path, accelerator=None, use_trackers: bool = False):
+    def __init__(self, path: Path, accelerator=None, use_trackers: bool = False, enabled: bool = True):
+        """enabled: False in processes other than the main one (they write nothing)."""
         self.path = Path(path)
         self.accelerator = accelerator
         self.use_trackers = use_trackers
+        self.enabled = enabled
 
     def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step}
         for k, v in values.items():
             v = float(v) if not isinstance(v, (str, bool)) else v

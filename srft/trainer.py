@@ -13,21 +13,32 @@ Each step reads like the algorithm (SRFT, arXiv 2506.19767, Sec. 4):
    gradient accumulation over micro-batches; the loss is `srft.objective.compute_loss`
    normalised by mini-batch token counts, so micro-batching does not change it.
 
-Reliability (docs/reliability.md): checkpoints are written to a .tmp folder and
-renamed into place; `train.resume` (`srft train --resume DIR`) restores the newest
-complete one (weights, optimiser, schedule, prompt order, step, eval history,
-random states) so a resumed run ends as the uninterrupted one would; a step with a
-non-finite loss or gradient is skipped, `train.max_nonfinite_steps` in a row raise
-`TrainingError`, and non-finite weights are never saved.
+Several processes (`torchrun` / `accelerate launch`; docs/scaling.md): the step's
+prompts are the same on every rank; global group g belongs to rank g % world, so no
+group is split and each mini-batch has an equal share on each rank. Rewards and
+advantages are computed where the group lives; every response is seeded from its
+global index (group, sample) and the step, so a run samples the same responses
+whatever its number of processes. Token and sequence counts of the normalisation,
+the batch entropy, the metrics and the non-finite checks are global (all-reduced);
+the loss is multiplied by the number of processes to undo the engines' gradient
+averaging. Only the main process writes files and prints; rank-awareness lives in
+`srft.distributed`, checkpoint I/O in `srft.checkpoint`.
+
+Reliability (docs/reliability.md): checkpoints go through accelerate's `save_state`
+into a .tmp folder renamed into place by the main process; `train.resume`
+(`srft train --resume DIR`) restores the newest complete one (weights, optimiser,
+schedule, prompt order, step, eval history, every rank's random states) so a
+resumed run ends as the uninterrupted one would; a step with a non-finite loss or
+gradient is skipped, `train.max_nonfinite_steps` in a row raise `TrainingError`,
+and non-finite weights are never saved.
 
 Deviations and notes:
 - pi_old is recomputed by the trainer (as verl does) rather than taken from the
   sampler; the sampler's log-probs are kept for the `policy/` diagnostics only.
 - Logits are divided by the rollout temperature before log-probs and entropies
   (also for demonstration rows), so pi is the distribution rollouts were drawn from.
-- Multi-process (accelerate launch): each rank takes its own slice of the prompts,
-  token counts are summed over ranks, and the loss is multiplied by the number of
-  processes to undo DDP's gradient averaging. Only single-process runs are tested.
+- `train.prompts_per_step` counts prompts over all processes (TRL's and HF's batch
+  sizes are per device); it must be divisible by `train.mini_batches` x processes.
 """
 
 from __future__ import annotations
@@ -35,9 +46,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +53,16 @@ from typing import Optional
 
 import torch
 
+from srft import checkpoint as ckpt
 from srft import losses as L
+from srft.checkpoint import latest_checkpoint
 from srft.config import Config, flatten, save_config, to_dict
 from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
+from srft.distributed import Dist
 from srft.metrics import MetricsWriter, truncate_metrics
 from srft.objective import LossInputs, Normalizers, compute_loss
 from srft.rewards import get_reward_fn, score_completions
-from srft.rollout.base import SamplingParams
+from srft.rollout.base import SamplingParams, derive_seed
 
 
 RUN_MARKERS = ("metrics.jsonl", "final", "checkpoints", "eval.json")
@@ -70,12 +81,9 @@ class TrainingError(RuntimeError):
     and what is intact. `srft train` reports it and exits with status 2."""
 
 
-CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")
-
-
 @dataclass
 class Sample:
-    group: int
+    group: int  # global group index within the step (0 .. prompts_per_step - 1)
     prompt_ids: list[int]
     response_ids: list[int]
     is_demo: bool
@@ -169,7 +177,8 @@ def policy_forward(model, batch, temperature: float, chunk_size: int, with_entro
     lr = batch["response_ids"].shape[1]
     device = next(model.parameters()).device
     kwargs = {}
-    if "logits_to_keep" in getattr(policy_forward, "_params", {}).get(type(model), ()):
+    inner = getattr(model, "module", model)  # DDP keeps the model in .module
+    if "logits_to_keep" in getattr(policy_forward, "_params", {}).get(type(inner), ()):
         kwargs["logits_to_keep"] = lr + 1
     out = model(
         input_ids=batch["input_ids"].to(device),
@@ -206,69 +215,13 @@ def lr_lambda(optim_cfg, total_steps: int):
     return fn
 
 
-def latest_checkpoint(run_dir) -> Optional[Path]:
-    """The newest complete checkpoint of a run folder: a folder checkpoints/step-NNNNNN holding
-    trainer_state.json (written last; a save cut short is a .tmp-* folder and never counts)."""
-    root = Path(run_dir) / "checkpoints"
-    found = []
-    for p in root.iterdir() if root.is_dir() else []:
-        m = CHECKPOINT_NAME.fullmatch(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
-
-
-def rng_state() -> dict:
-    """Every random state a step may draw from: torch (CPU, CUDA), Python, numpy."""
-    import numpy as np
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _load_adapter(model, ck: Path) -> None:
-    """LoRA weights of a checkpoint into a fresh peft model."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush a folder's files to disk before it is renamed into place."""
-    for f in folder.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 class Trainer:
     def __init__(self, cfg: Config, log=print):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         cfg.validate()
-        self.cfg, self.log = cfg, log
+        self.cfg = cfg
         if cfg.train.resume:
             cfg.train.output_dir = cfg.train.resume
         self.out = Path(cfg.train.output_dir)
@@ -281,19 +234,23 @@ class Trainer:
         set_seed(cfg.train.seed)
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
         self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out))
-        # a resumed full-weight run loads the checkpoint's weights; LoRA loads the base, then the adapter
-        weights = str(self.resume_from) if self.resume_from and cfg.model.lora_r == 0 else cfg.model.name_or_path
-        model, self.tokenizer, self.model_path = load_model_and_tokenizer(weights, cfg.model, log)
+        self.dist = Dist(self.accelerator)
+        self.dist.barrier()  # every rank has checked the output folder before the main process writes to it
+        self.log = log if self.dist.is_main else _silent
+        self._check_world_size()
+        self.log(f"[srft] {self.dist.describe()}")
+        with self.dist.main_first():  # the testbed base model is built (and cached) once
+            model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model,
+                                                                              self.log)
         model = self._adapt_model(model)
         if self.resume_from:
             self.model_path = resume_state["model"]
-            if cfg.model.lora_r > 0:
-                _load_adapter(model, self.resume_from)
         _register_forward_params(model)
         need_demos = cfg.rollout.n_demos > 0
-        self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=log,
+        self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=self.log,
                                          n_demos=cfg.rollout.n_demos)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.reward_fn = get_reward_fn(cfg.data.reward, cfg.data.dataset)
         self.eval_sets = self._eval_sets()
         o = cfg.optim
@@ -304,14 +261,24 @@ class Trainer:
         from srft.rollout import make_engine
 
         self.engine = make_engine(cfg.rollout.engine, self.unwrapped, self.tokenizer, cfg.rollout)
+        if self.dist.lockstep_generation and hasattr(self.engine, "lockstep"):
+            self.engine.lockstep = self.dist.all
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
         self.step = 0
         self.nonfinite_streak = 0  # consecutive steps whose updates were skipped (non-finite)
         self.eval_before: dict = {}
         self.eval_history: list[dict] = []
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None,
+                                     enabled=self.dist.is_main)
         if self.resume_from:
             self._restore(self.resume_from, resume_state)
+
+    def _check_world_size(self) -> None:
+        t, world = self.cfg.train, self.dist.world
+        if t.prompts_per_step % (t.mini_batches * world):
+            raise ValueError(f"train.prompts_per_step ({t.prompts_per_step}) must be divisible by train.mini_batches "
+                             f"({t.mini_batches}) x the number of processes ({world}), so that every process gets "
+                             f"the same number of whole groups in each mini-batch")
 
     # ------------------------------------------------------------------ resume
     def _resume_checkpoint(self) -> tuple[Path, dict]:
@@ -323,7 +290,7 @@ class Trainer:
                 f"--resume {self.out}: no complete checkpoint in {self.out / 'checkpoints'} (one is written every "
                 f"train.save_every steps); nothing to resume. To start the run over: srft train --config "
                 f"{self.out / 'config.yaml'} --output-dir {self.out} --train.overwrite true")
-        state = json.loads((ck / "trainer_state.json").read_text())
+        state = ckpt.read_state(ck)
         if state["step"] >= self.cfg.train.max_steps:
             raise TrainingError(f"--resume {self.out}: checkpoint {ck.name} is at step {state['step']} and "
                                 f"train.max_steps is {self.cfg.train.max_steps}: nothing left to train (pass "
@@ -331,22 +298,25 @@ class Trainer:
         return ck, state
 
     def _restore(self, ck: Path, state: dict) -> None:
-        """Optimiser, scheduler, prompt order, step, eval history, random states of checkpoint `ck`
-        (the weights were loaded with the model)."""
+        """Weights, optimiser, scheduler, every rank's random states (accelerate's load_state),
+        prompt order, step and eval history of checkpoint `ck`."""
         if state["sampler"]["n"] != len(self.examples):
             raise TrainingError(f"--resume {self.out}: checkpoint {ck.name} was trained on {state['sampler']['n']} "
                                 f"rows, the data now has {len(self.examples)} (data.* settings changed?)")
-        opt = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world:
+            raise TrainingError(f"--resume {self.out}: checkpoint {ck.name} was written by {saved_world} process(es), "
+                                f"this run has {self.dist.world}; resume with {saved_world} (the random states and "
+                                f"any sharded optimiser state are per process)")
+        ckpt.load_checkpoint(self.accelerator, ck)
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.eval_before = state.get("eval_before", {})
         self.eval_history = state.get("eval_history", [])
-        set_rng_state(torch.load(ck / "rng_state.pt", weights_only=True))
-        for stale in (self.out / "checkpoints").glob(".tmp-*"):  # a save cut short by the crash
-            shutil.rmtree(stale, ignore_errors=True)
+        if self.dist.is_main:
+            ckpt.remove_partial_saves(self.out)
+        self.dist.barrier()
         self.log(f"[srft] resuming {self.out} from checkpoint {ck.name} (step {self.step} of "
                  f"{self.cfg.train.max_steps})")
 
@@ -386,28 +356,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _sample_groups(self) -> tuple[list[Sample], dict]:
-        cfg, acc = self.cfg, self.accelerator
+        """This rank's groups of the step: global groups g with g % world == rank."""
+        cfg, dist = self.cfg, self.dist
         K, D = cfg.rollout.n_rollouts, cfg.rollout.n_demos
-        world, rank = acc.num_processes, acc.process_index
-        idx = self.sampler.next(cfg.train.prompts_per_step * world)[rank::world]
-        exs = [self.examples[i] for i in idx]
+        idx = self.sampler.next(cfg.train.prompts_per_step)  # the same on every rank
+        mine = dist.shard(len(idx))
+        exs = [(g, self.examples[idx[g]]) for g in mine]
         timings = {}
         t0 = time.perf_counter()
         roll_ids, finished = [], []
         if K > 0:
             self.engine.sync_weights(self.unwrapped)
             params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
-            seed = cfg.train.seed * 1_000_003 + self.step * 101 + rank
-            out = self.engine.generate([ex.prompt_ids for ex in exs for _ in range(K)], params, seed=seed)
+            seeds = [derive_seed(cfg.train.seed, "rollout", self.step, g * K + k) for g, _ in exs for k in range(K)]
+            out = self.engine.generate([ex.prompt_ids for _, ex in exs for _ in range(K)], params, seed=seeds)
             roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]
             finished = out.finished.tolist()
         timings["time/rollout"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         samples, prompts, texts, col_rows = [], [], [], []
-        for g, ex in enumerate(exs):
+        for a, (g, ex) in enumerate(exs):
             for k in range(K):
-                ids = roll_ids[g * K + k]
+                ids = roll_ids[a * K + k]
                 samples.append(Sample(g, ex.prompt_ids, ids, False))
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 prompts.append(ex.prompt)
@@ -417,36 +388,53 @@ class Trainer:
                 texts.append(ex.demo_texts[j])
                 prompts.append(ex.prompt)
                 col_rows.append(ex)
-        keys = sorted({k for ex in exs for k in ex.columns})
+        keys = sorted({k for _, ex in exs for k in ex.columns})
         columns = {k: [ex.columns.get(k) for ex in col_rows] for k in keys}
-        rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns)
+        rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns) if samples else ([], 0)
         group_ids = [s.group if (cfg.objective.demos_in_group or not s.is_demo) else -1 - i
                      for i, s in enumerate(samples)]  # demonstrations kept out: groups of one, A = 0
-        adv = L.group_advantages(torch.tensor(rewards), torch.tensor(group_ids), cfg.objective.adv_std_norm)
+        adv = L.group_advantages(torch.tensor(rewards, dtype=torch.float32), torch.tensor(group_ids, dtype=torch.long),
+                                 cfg.objective.adv_std_norm) if samples else torch.zeros(0)
         for s, r, a in zip(samples, rewards, adv.tolist()):
             s.reward, s.advantage = r, a
         timings["time/reward"] = time.perf_counter() - t0
 
         roll = [s for s in samples if not s.is_demo]
         demo = [s for s in samples if s.is_demo]
-        n_groups = len(exs)
-        zero_groups = sum(
-            1 for g in range(n_groups) if len({s.reward for s in samples if s.group == g}) <= 1
-        )
+        zero_groups = sum(1 for g, _ in exs if len({s.reward for s in samples if s.group == g}) <= 1)
+        # global statistics: one all-reduce of sums and counts, one of maxima
+        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok) = dist.sum([
+            sum(s.reward for s in roll), len(roll), sum(s.reward for s in demo), len(demo),
+            sum(float(s.reward >= 1.0) for s in roll), n_none, zero_groups, len(exs),
+            sum(len(s.response_ids) for s in roll), sum(0.0 if f else 1.0 for f in finished),
+            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll)])
+        (max_len,) = dist.max([max([len(s.response_ids) for s in roll], default=0)])
         info = {
             **timings,
-            "reward/mean": _mean([s.reward for s in roll]),
-            "reward/demo": _mean([s.reward for s in demo]),
-            "reward/accuracy": _mean([float(s.reward >= 1.0) for s in roll]),
-            "reward/none": float(n_none),
-            "advantage/zero_groups": zero_groups / max(1, n_groups),
-            "response_length/mean": _mean([len(s.response_ids) for s in roll]),
-            "response_length/max": float(max([len(s.response_ids) for s in roll], default=0)),
-            "response_length/clip_ratio": _mean([0.0 if f else 1.0 for f in finished]),
-            "response_length/demo": _mean([len(s.response_ids) for s in demo]),
-            "_gen_tokens": float(sum(len(s.response_ids) for s in roll)),
+            "reward/mean": _ratio(r_sum, r_n),
+            "reward/demo": _ratio(d_sum, d_n),
+            "reward/accuracy": _ratio(acc, r_n),
+            "reward/none": float(none),
+            "advantage/zero_groups": zg / max(1.0, ng),
+            "response_length/mean": _ratio(len_sum, r_n),
+            "response_length/max": float(max_len),
+            "response_length/clip_ratio": _ratio(clip, r_n),
+            "response_length/demo": _ratio(dlen, d_n),
+            "_gen_tokens": gen_tok,
         }
+        if cfg.train.save_rollouts:
+            self._dump_rollouts(samples, idx)
         return samples, info
+
+    def _dump_rollouts(self, samples: list[Sample], idx: list[int]) -> None:
+        """rollouts.jsonl: one line per step with every sample of every rank, in global group order."""
+        local = [{"group": s.group, "prompt_index": self.examples[idx[s.group]].index, "demo": s.is_demo,
+                  "response_ids": s.response_ids, "reward": s.reward, "advantage": s.advantage}
+                 for s in samples]
+        rows = sorted(self.dist.gather(local), key=lambda r: r["group"])  # stable: order within a group kept
+        if self.dist.is_main:
+            with open(self.out / "rollouts.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step + 1, "samples": rows}) + "\n")
 
     def _micro_batches(self, samples: list[Sample]):
         mb = self.cfg.train.micro_batch_size
@@ -470,27 +458,20 @@ class Trainer:
                 key = "demo" if s.is_demo else "roll"
                 sums[key][0] += float(s.entropy.sum())
                 sums[key][1] += n
-        totals = self._reduce(torch.tensor([sums["roll"][0], sums["roll"][1], sums["demo"][0], sums["demo"][1]]))
-        ent_roll = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
-        ent_demo = float(totals[2] / totals[3]) if totals[3] > 0 else float("nan")
-        return {"entropy/rollout": ent_roll, "entropy/demo": ent_demo,
+        totals = self.dist.sum([sums["roll"][0], sums["roll"][1], sums["demo"][0], sums["demo"][1]])
+        return {"entropy/rollout": _ratio(totals[0], totals[1]), "entropy/demo": _ratio(totals[2], totals[3]),
                 "time/old_logprob": time.perf_counter() - t0}
 
-    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes > 1:
-            return self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum").cpu()
-        return t
-
     def _update(self, samples: list[Sample], batch_entropy: Optional[float]) -> dict:
-        cfg = self.cfg
+        cfg, acc = self.cfg, self.accelerator
         t0 = time.perf_counter()
         pad = self.tokenizer.pad_token_id
-        groups = sorted({s.group for s in samples})
+        groups = sorted({s.group for s in samples})  # this rank's share of every mini-batch is contiguous here
         per_mb = len(groups) // cfg.train.mini_batches
         sums: dict[str, float] = {}
         n_updates, grad_norms, skipped, trained_tokens = 0, [], 0, 0
         max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
-        scale = float(self.accelerator.num_processes)
+        scale = float(self.dist.world)  # the engines average gradients over ranks; the loss is a global sum
         for _ in range(cfg.train.epochs_per_batch):
             for m in range(cfg.train.mini_batches):
                 chosen = set(groups[m * per_mb : (m + 1) * per_mb])
@@ -499,24 +480,27 @@ class Trainer:
                 demo_seq = sum(1 for s in mini if s.is_demo and s.response_ids)
                 roll_tok = sum(len(s.response_ids) for s in mini if not s.is_demo)
                 roll_seq = sum(1 for s in mini if not s.is_demo and s.response_ids)
-                counts = self._reduce(torch.tensor([demo_tok, demo_seq, roll_tok, roll_seq], dtype=torch.float64))
-                norms = Normalizers(*[float(c) for c in counts], max_len=max_len, batch_entropy=batch_entropy)
+                counts = self.dist.sum([demo_tok, demo_seq, roll_tok, roll_seq])
+                norms = Normalizers(*counts, max_len=max_len, batch_entropy=batch_entropy)
                 self.optimizer.zero_grad(set_to_none=True)
-                step_metrics: dict[str, float] = {}
-                for chunk in self._micro_batches(mini):
+                local: dict[str, float] = {}
+                chunks = list(self._micro_batches(mini))  # as many on every rank: equal shares of equal groups
+                for c, chunk in enumerate(chunks):
                     batch = collate(chunk, pad)
-                    lp, ent = policy_forward(self.model, batch, cfg.rollout.temperature,
-                                             cfg.train.logprob_chunk_size)
-                    dev = lp.device
-                    x = LossInputs(lp, ent, batch["old_logprobs"].to(dev), batch["advantages"].to(dev),
-                                   batch["mask"].to(dev), batch["is_demo"].to(dev))
-                    loss, mets = compute_loss(x, norms, cfg.objective)
-                    self.accelerator.backward(loss * scale)
+                    with self.dist.micro_step(self.model, last=c == len(chunks) - 1):
+                        lp, ent = policy_forward(self.model, batch, cfg.rollout.temperature,
+                                                 cfg.train.logprob_chunk_size)
+                        dev = lp.device
+                        x = LossInputs(lp, ent, batch["old_logprobs"].to(dev), batch["advantages"].to(dev),
+                                       batch["mask"].to(dev), batch["is_demo"].to(dev))
+                        loss, mets = compute_loss(x, norms, cfg.objective)
+                        acc.backward(loss * scale)
                     trained_tokens += int(batch["attention_mask"].sum())
                     for k, v in mets.items():
-                        step_metrics[k] = step_metrics.get(k, 0.0) + float(v)
-                gn = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
-                gn = float(gn)
+                        local[k] = local.get(k, 0.0) + float(v)
+                keys = sorted(local)
+                step_metrics = dict(zip(keys, self.dist.sum([local[k] for k in keys])))  # additive over ranks
+                gn = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
                 if not math.isfinite(gn) or not math.isfinite(step_metrics.get("loss/total", 0.0)):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -533,7 +517,7 @@ class Trainer:
         out["policy/grad_norm"] = _mean(grad_norms)
         out["optim/skipped_updates"] = float(skipped)
         out["time/update"] = time.perf_counter() - t0
-        out["_train_tokens"] = float(trained_tokens)
+        out["_train_tokens"] = self.dist.sum([trained_tokens])[0]
         return out
 
     def train_step(self) -> dict:
@@ -551,6 +535,7 @@ class Trainer:
         m["throughput/train_tokens_per_s"] = trn / max(m["time/update"], 1e-9)
         m["throughput/tokens_per_s"] = (gen + trn) / max(m["time/step"], 1e-9)
         m["optim/lr"] = lr
+        m["dist/world_size"] = float(self.dist.world)
         return m
 
     def _stop_if_nonfinite(self) -> None:
@@ -572,88 +557,68 @@ class Trainer:
             return {}
         self.engine.sync_weights(self.unwrapped)
         return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
-                        engine=self.engine, seed=self.cfg.train.seed)
+                        engine=self.engine, seed=self.cfg.train.seed, dist=self.dist)
 
     def _check_finite(self, what: str) -> None:
-        """Refuse to save non-finite weights (the previous checkpoint stays as it is)."""
-        for name, p in self.unwrapped.named_parameters():
-            if not torch.isfinite(p).all():
-                last = latest_checkpoint(self.out)
-                raise TrainingError(f"step {self.step}: parameter {name} is not finite; the {what} was not "
-                                    f"saved (last good checkpoint: {last or 'none'})")
+        """Refuse to save non-finite weights (the previous checkpoint stays as it is); every rank
+        checks its own parameters (its shard, when sharded) and all learn the answer."""
+        bad = next((name for name, p in self.unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+        if self.dist.any(bad is not None):
+            last = latest_checkpoint(self.out)
+            raise TrainingError(f"step {self.step}: parameter {bad or '(on another process)'} is not finite; the "
+                                f"{what} was not saved (last good checkpoint: {last or 'none'})")
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "model": self.model_path,
+                "nonfinite_streak": self.nonfinite_streak, "eval_before": self.eval_before,
+                "eval_history": self.eval_history, "world_size": self.dist.world}
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step-NNNNNN: model + tokenizer, optimiser and scheduler, random states and
-        trainer_state.json (step, prompt order, eval history), written in .tmp-step-NNNNNN and renamed
-        into place, so a crash mid-save leaves the previous checkpoints as they were. The newest
-        train.save_total_limit checkpoints are kept."""
+        """checkpoints/step-NNNNNN (see srft.checkpoint): every rank's state through accelerate,
+        then trainer_state.json; written in a .tmp folder and renamed into place, so a crash
+        mid-save leaves the previous checkpoints as they were. The newest train.save_total_limit
+        checkpoints are kept."""
         self._check_finite("checkpoint")
-        ck_root = self.out / "checkpoints"
-        ck_root.mkdir(exist_ok=True)
-        final = ck_root / f"step-{self.step:06d}"
-        tmp = ck_root / f".tmp-step-{self.step:06d}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": self.step, "sampler": self.sampler.state_dict(), "model": self.model_path,
-             "nonfinite_streak": self.nonfinite_streak, "eval_before": self.eval_before,
-             "eval_history": self.eval_history}, indent=2))  # written last: marks the checkpoint complete
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        kept = sorted((int(m.group(1)), p) for p in ck_root.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name)))
-        for _, old in kept[: max(0, len(kept) - self.cfg.train.save_total_limit)]:
-            shutil.rmtree(old)
-        return final
+        return ckpt.save_checkpoint(self.accelerator, self.dist, self.out, self.step, self.trainer_state(),
+                                    self.tokenizer, self.unwrapped, self.cfg.train.save_total_limit)
 
     def save_final(self) -> Path:
-        """The trained model in its own format (safetensors). With LoRA: the adapter
-        in final/adapter and the merged model in final/ (so final/ loads with
-        AutoModelForCausalLM either way)."""
+        """The trained model as a plain Hugging Face folder (safetensors), whatever the sharding.
+        With LoRA: the adapter in final/adapter and the merged model in final/ (so final/ loads
+        with AutoModelForCausalLM either way)."""
         self._check_finite("final model")
-        final = self.out / "final"
-        tmp = self.out / ".tmp-final"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model = self.unwrapped
-        if self.is_peft:
-            model.save_pretrained(tmp / "adapter", safe_serialization=True)
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return final
+        return ckpt.save_final_model(self.accelerator, self.dist, self.model, self.unwrapped, self.tokenizer,
+                                     self.out)
 
     def train(self) -> dict:
         from tqdm.auto import tqdm
 
-        cfg = self.cfg
-        save_config(cfg, self.out / "config.yaml")
+        cfg, dist = self.cfg, self.dist
+        if dist.is_main:
+            save_config(cfg, self.out / "config.yaml")
         if self.metrics.use_trackers:
             hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(to_dict(cfg)).items()}
             self.accelerator.init_trackers("srft", config=hp)
         t_start = time.perf_counter()
         if self.resume_from:  # the "before" evaluation and the history come from the checkpoint
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            if dist.is_main:
+                truncate_metrics(self.out / "metrics.jsonl", self.step)
+                if (self.out / "rollouts.jsonl").exists():
+                    truncate_metrics(self.out / "rollouts.jsonl", self.step)
             before, history = self.eval_before, self.eval_history
         else:
-            (self.out / "metrics.jsonl").write_text("")
+            if dist.is_main:
+                (self.out / "metrics.jsonl").write_text("")
+                if cfg.train.save_rollouts:
+                    (self.out / "rollouts.jsonl").write_text("")
             before = self.evaluate()
             history = [{"step": 0, **{k: v["accuracy"] for k, v in before.items()}}] if before else []
         self.eval_before, self.eval_history = before, history
         self.log(f"[srft] preset={cfg.train.preset} model={self.model_path} steps={cfg.train.max_steps} "
-                 f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos}")
-        bar = tqdm(range(self.step, cfg.train.max_steps), desc=f"train {cfg.train.preset}", disable=None)
+                 f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos} "
+                 f"processes={dist.world}")
+        bar = tqdm(range(self.step, cfg.train.max_steps), desc=f"train {cfg.train.preset}",
+                   disable=None if dist.is_main else True)
         after = before
         for _ in bar:
             m = self.train_step()
@@ -676,13 +641,16 @@ class Trainer:
         final = self.save_final()
         elapsed = time.perf_counter() - t_start
         result = {"preset": cfg.train.preset, "steps": self.step, "model": self.model_path, "final": str(final),
-                  "train_seconds": round(elapsed, 1), "before": before, "after": after, "history": history}
-        (self.out / "eval.json").write_text(json.dumps(result, indent=2))
-        from srft.plots import make_plots
+                  "train_seconds": round(elapsed, 1), "world_size": dist.world, "before": before, "after": after,
+                  "history": history}
+        if dist.is_main:
+            (self.out / "eval.json").write_text(json.dumps(result, indent=2))
+            from srft.plots import make_plots
 
-        make_plots(self.out)
+            make_plots(self.out)
         if self.metrics.use_trackers:
             self.accelerator.end_training()
+        dist.barrier()
         return result
 
 
@@ -694,6 +662,14 @@ def _keep_matplotlib_cache_in(run_dir: Path) -> None:
 
     if "matplotlib" not in sys.modules:
         os.environ.setdefault("MPLCONFIGDIR", str(Path(run_dir).resolve() / ".matplotlib"))
+
+
+def _silent(*_args, **_kwargs) -> None:
+    """The log of processes other than the main one."""
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
 
 
 def _mean(xs) -> float:

@@ -5,7 +5,11 @@ about rewards, demonstrations or losses. The trainer talks to it through three
 calls only, so that a vLLM engine can replace the Hugging Face one without any
 change to the trainer:
 
-- `generate(prompt_ids, params, seed)` -> `RolloutOutput`
+- `generate(prompt_ids, params, seed)` -> `RolloutOutput`; `seed` is one seed per
+  prompt (a list), or one int from which row i's seed is derived (`row_seeds`). A
+  response depends only on its prompt, its own seed and the weights, never on the
+  other prompts of the batch, its position in it, or the process that generates it:
+  this is what makes a run sample the same responses whatever its number of processes
 - `sync_weights(model)`: make the engine sample from the trainer's current weights
   (a no-op for an engine that shares the trainer's model object)
 - `close()`
@@ -13,8 +17,9 @@ change to the trainer:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -52,10 +57,30 @@ class RolloutOutput:
         return self.response_mask.sum(-1)
 
 
+Seeds = Union[int, Sequence[int], None]
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints / strings (stable across processes and runs,
+    unlike Python's hash)."""
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def row_seeds(seed: Seeds, n: int) -> list[int]:
+    """One seed per prompt: a list is taken as it is; an int s (or None, as 0) gives row i
+    the seed derive_seed(s, i)."""
+    if seed is None or isinstance(seed, int):
+        base = 0 if seed is None else int(seed)
+        return [derive_seed(base, i) for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"generate: {len(seeds)} seeds for {n} prompts")
+    return seeds
+
+
 class RolloutEngine(Protocol):
-    def generate(
-        self, prompt_ids: list[list[int]], params: SamplingParams, seed: Optional[int] = None
-    ) -> RolloutOutput: ...
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: Seeds = None) -> RolloutOutput: ...
 
     def sync_weights(self, model) -> None: ...
 

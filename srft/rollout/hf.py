@@ -2,9 +2,18 @@
 
 Batched sampling with a KV cache (`transformers.DynamicCache`): prompts are left
 padded, position ids follow the attention mask, each step feeds only the new
-token. Sampling uses a private `torch.Generator`, so the same seed gives the same
-samples whatever else touched the global RNG. Supports temperature (0 = greedy),
-top-p, a max-new-tokens budget and stop tokens (EOS by default).
+token. Each response has its own seed and its own `torch.Generator`, and tokens are
+drawn by the exponential race (argmax_v p_v / E_v with E_v ~ Exp(1) from the row's
+generator, an exact sample of p): a response depends on its prompt, its seed and
+the weights only, not on the batch it is generated in (up to the last bits of float
+rounding, which can differ between batch shapes) nor on the global RNG. Supports
+temperature (0 = greedy), top-p, a max-new-tokens budget and stop tokens (EOS by
+default).
+
+`lockstep`: a callable(bool) -> bool, set by the trainer when parameters are sharded
+(FSDP, ZeRO-3), told whether this rank has finished and answering whether every
+rank has; a finished rank keeps running forwards until then, since each forward
+is a collective.
 
 The engine shares the trainer's model object, so `sync_weights` is a no-op; the
 model is put in eval mode while sampling and its training mode restored after.
@@ -12,11 +21,10 @@ model is put in eval mode while sampling and its training mode restored after.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
-from srft.rollout.base import RolloutOutput, SamplingParams
+from srft.rollout.base import RolloutOutput, SamplingParams, Seeds, row_seeds
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -29,6 +37,22 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     remove = (cum - probs) >= top_p  # keep the token that crosses top_p
     sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+
+
+def _exponential_race(probs: torch.Tensor, gens: list, alive: torch.Tensor) -> torch.Tensor:
+    """One token per row, row i drawn from probs[i] with generator gens[i]: argmax_v p_v / E_v,
+    E_v ~ Exp(1) (the smallest arrival time E_v / p_v wins with probability p_v). Rows not
+    alive draw nothing (their streams do not advance) and get token 0."""
+    out = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+    rows = alive.nonzero().flatten().tolist()
+    if not rows:
+        return out
+    noise = torch.stack([torch.empty(probs.shape[1], device=probs.device).exponential_(generator=gens[i])
+                         for i in rows])
+    p = probs[rows]
+    score = torch.where(p > 0, p / noise, torch.full_like(p, -1.0))
+    out[rows] = score.argmax(-1)
+    return out
 
 
 def _forward_params(model):
@@ -77,6 +101,7 @@ class HFRolloutEngine:
         else:
             self.stop_ids = tuple(int(i) for i in eos_token_id)
         self.batch_size = batch_size
+        self.lockstep = None  # see the module docstring
         self._cache_kw = cache_kwarg_name(model)
         self._keep_last = keep_last_logits_kwarg(model)
 
@@ -88,15 +113,15 @@ class HFRolloutEngine:
         pass
 
     @torch.no_grad()
-    def generate(
-        self, prompt_ids: list[list[int]], params: SamplingParams, seed: Optional[int] = None
-    ) -> RolloutOutput:
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(0 if seed is None else int(seed))
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: Seeds = None) -> RolloutOutput:
+        seeds = row_seeds(seed, len(prompt_ids))
         outs = [
-            self._generate_batch(prompt_ids[i : i + self.batch_size], params, gen)
+            self._generate_batch(prompt_ids[i : i + self.batch_size], params, seeds[i : i + self.batch_size])
             for i in range(0, len(prompt_ids), self.batch_size)
         ]
+        if not outs:
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return RolloutOutput(empty, empty.clone(), empty.float(), torch.zeros(0, dtype=torch.bool))
         width = max(o.response_ids.shape[1] for o in outs)
 
         def cat(name, fill):
@@ -114,7 +139,7 @@ class HFRolloutEngine:
             finished=torch.cat([o.finished for o in outs]),
         )
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, gen) -> RolloutOutput:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> RolloutOutput:
         from transformers import DynamicCache
 
         model = self.model
@@ -131,6 +156,12 @@ class HFRolloutEngine:
         input_ids, attn = input_ids.to(device), attn.to(device)
         stops = set(params.stop_token_ids) or set(self.stop_ids)
         stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+        sampling = bool(params.temperature and params.temperature > 0)
+        gens = []
+        for s in seeds if sampling else []:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s))
+            gens.append(g)
 
         cache = DynamicCache()
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -149,11 +180,11 @@ class HFRolloutEngine:
                     **self._keep_last,
                 )
                 logits = out.logits[:, -1, :].float()
-                if params.temperature and params.temperature > 0:
+                if sampling:
                     scaled = logits / params.temperature
                     logprob_all = torch.log_softmax(scaled, dim=-1)
                     probs = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
-                    nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
+                    nxt = _exponential_race(probs, gens, alive)
                 else:
                     logprob_all = torch.log_softmax(logits, dim=-1)
                     nxt = logits.argmax(-1)
@@ -165,7 +196,10 @@ class HFRolloutEngine:
                 hit = alive & torch.isin(nxt, stop_t)
                 finished |= hit
                 alive = alive & ~hit
-                if not alive.any():
+                done = not bool(alive.any())
+                if self.lockstep is not None:
+                    done = self.lockstep(done)
+                if done:
                     break
                 step_ids = nxt.unsqueeze(-1)
                 step_pos = step_pos[:, -1:] + 1
