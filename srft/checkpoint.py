@@ -98,7 +98,7 @@ def load_checkpoint(accelerator, ck: Path) -> dict:
     """Weights, optimiser, scheduler and this rank's random states from `ck` (every rank calls
     it); returns the trainer state."""
     ck = Path(ck)
-    if not (ck / "optimizer.bin").is_file():
+    if (ck / "optimizer.pt").is_file():
         raise FileNotFoundError(f"checkpoint {ck} has no optimizer.bin: it was written by an older srft "
                                 f"(before checkpoints went through accelerate's save_state) and cannot be resumed")
     accelerator.load_state(str(ck))

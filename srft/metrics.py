@@ -48,6 +48,7 @@ METRICS: dict[str, str] = {
     "throughput/train_tokens_per_s": "prompt+response tokens through forward/backward / time/update",
     "throughput/tokens_per_s": "(generated + trained tokens) / time/step",
     "optim/lr": "learning rate used at this step",
+    "memory/peak_allocated_gib": "peak GPU memory allocated by torch during the step, GiB, max over ranks (GPU runs only)",
     "dist/world_size": "number of training processes (ranks); every other metric is over all of them",
     "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",
     "eval/<set>/accuracy": "avg@k accuracy on an evaluation set (written on evaluation steps)",

@@ -500,7 +500,8 @@ class Trainer:
                         local[k] = local.get(k, 0.0) + float(v)
                 keys = sorted(local)
                 step_metrics = dict(zip(keys, self.dist.sum([local[k] for k in keys])))  # additive over ranks
-                gn = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
+                gn = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                gn = float(gn) if gn is not None else 0.0  # DeepSpeed clips (and steps) in its own engine
                 if not math.isfinite(gn) or not math.isfinite(step_metrics.get("loss/total", 0.0)):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -522,6 +523,8 @@ class Trainer:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         lr = self.scheduler.get_last_lr()[0]
         samples, info = self._sample_groups()
         ent = self._old_logprobs(samples)
@@ -536,6 +539,8 @@ class Trainer:
         m["throughput/tokens_per_s"] = (gen + trn) / max(m["time/step"], 1e-9)
         m["optim/lr"] = lr
         m["dist/world_size"] = float(self.dist.world)
+        if torch.cuda.is_available():
+            m["memory/peak_allocated_gib"] = self.dist.max([torch.cuda.max_memory_allocated() / 2**30])[0]
         return m
 
     def _stop_if_nonfinite(self) -> None:

@@ -217,3 +217,33 @@ def test_sharded_evaluation_equals_single_process(tiny_model_dir, tmp_path):
         for name, res in a[when].items():
             for key in ("accuracy", "pass@3", "n", "k", "mean_length"):
                 assert b[when][name][key] == pytest.approx(res[key]), (when, name, key)
+
+
+def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
+    """FSDP2 (torch fully_shard through accelerate; see tests/fsdp_cpu_launch.py for why a test
+    launcher is needed on CPU): the same responses as one process, weights within float noise,
+    sharded checkpoints that resume to the uninterrupted run's weights, final/ a plain folder."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              str(REPO / "tests" / "fsdp_cpu_launch.py")]
+
+    def fsdp(args):
+        r = subprocess.run([*launch, *args], capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+        assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        assert "[srft] world size 2 (rank 0, FSDP)" in r.stdout + r.stderr
+        return r
+
+    one, ref, out = tmp_path / "one", tmp_path / "fsdp", tmp_path / "fsdp-resumed"
+    run(1, train_args(tiny_model_dir, data, one, 3))
+    fsdp(train_args(tiny_model_dir, data, ref, 3))
+    ck = ref / "checkpoints" / "step-000001"
+    assert (ck / "pytorch_model_fsdp_0").is_dir() and (ck / "optimizer_0").is_dir()  # sharded state
+    ra, rb = ([json.loads(x) for x in (d / "rollouts.jsonl").read_text().splitlines()] for d in (one, ref))
+    assert [s["response_ids"] for s in ra[0]["samples"]] == [s["response_ids"] for s in rb[0]["samples"]]
+    wa, wb = load_file(one / "final" / "model.safetensors"), load_file(ref / "final" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+    fsdp(train_args(tiny_model_dir, data, out, 2))
+    fsdp(["train", "--resume", str(out), "--max-steps", "3"])
+    wr = load_file(out / "final" / "model.safetensors")
+    differ = [k for k in wb if not torch.equal(wb[k], wr[k])]
+    assert not differ, f"tensors that differ from the uninterrupted FSDP2 run: {differ}"
