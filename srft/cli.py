@@ -42,10 +42,9 @@ def _quiet_libraries() -> None:
 
 
 def _rank() -> int:
-    """This process's rank under torchrun / accelerate launch (0 when alone)."""
-    import os
+    from srft.distributed import launched_rank
 
-    return int(os.environ.get("RANK", "0"))
+    return launched_rank()
 
 
 def cmd_train(args) -> int:

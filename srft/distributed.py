@@ -27,6 +27,14 @@ from typing import Any, Iterator, Sequence
 import torch
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher (torchrun, accelerate launch) set it, before any
+    process group exists; 0 when run alone."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 class Dist:
     def __init__(self, accelerator=None):
         self.accelerator = accelerator

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from srft.config import Config, apply_overrides, flatten, save_config, to_dict
+from srft.distributed import launched_rank
 from srft.objective import get_preset
 
 
@@ -98,8 +99,9 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
     refuse_used_output_dir(cfg)
     if resume and (out / "eval.json").exists() and (out / "final").exists():
         raise ValueError(f"--resume {out}: the run is complete (eval.json and final/ are there)")
+    main = launched_rank() == 0  # several processes: each stage trains on all, the main one writes
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and main:
         save_config(cfg, out / "config.yaml")
     results, rows, offset = [], [], 0
     cfgs = stage_configs(cfg)
@@ -108,7 +110,7 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
         if res is None:
             log(f"[srft] {cfg.train.preset}: stage {i + 1} = {scfg.train.preset} for {scfg.train.max_steps} "
                 f"steps from {scfg.model.name_or_path}")
-            res = trainer_cls(scfg, log=log).train()
+            res = trainer_cls(scfg, log=log).train()  # ends once every rank is done with the stage's files
         results.append(res)
         for line in (Path(scfg.train.output_dir) / "metrics.jsonl").read_text().splitlines():
             if line.strip():
@@ -117,9 +119,10 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
                 row["train/stage"] = i + 1
                 rows.append(row)
         offset += scfg.train.max_steps
-    tmp = out / ".tmp-metrics.jsonl"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out / "metrics.jsonl")
+    if main:
+        tmp = out / ".tmp-metrics.jsonl"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, out / "metrics.jsonl")
     history, offset = [], 0
     for i, res in enumerate(results):
         for h in res.get("history", []):
@@ -129,7 +132,7 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
         offset += res["steps"]
     last_final = Path(cfgs[-1].train.output_dir) / "final"
     final = out / "final"
-    if last_final.exists():  # (a resumed run may have moved it already)
+    if main and last_final.exists():  # (a resumed run may have moved it already)
         if final.exists():
             shutil.rmtree(final)
         os.replace(last_final, final)
@@ -138,9 +141,10 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
               "before": results[0]["before"], "after": results[-1]["after"], "history": history,
               "stages": [{"preset": r["preset"], "steps": r["steps"], "folder": str(Path(c.train.output_dir))}
                          for r, c in zip(results, cfgs)]}
-    (out / "eval.json").write_text(json.dumps(result, indent=2))
-    from srft.plots import make_plots
+    if main:
+        (out / "eval.json").write_text(json.dumps(result, indent=2))
+        from srft.plots import make_plots
 
-    make_plots(out)
+        make_plots(out)
     return result
 

@@ -233,7 +233,10 @@ class Trainer:
             "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         set_seed(cfg.train.seed)
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
-        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out))
+        # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per
+        # process at every optimiser step; srft's schedule counts optimiser steps, whatever the world size
+        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out),
+                                       step_scheduler_with_optimizer=False)
         self.dist = Dist(self.accelerator)
         self.dist.barrier()  # every rank has checked the output folder before the main process writes to it
         self.log = log if self.dist.is_main else _silent

@@ -87,3 +87,54 @@ def test_engine_restores_training_mode(tiny_model_dir):
     eng = HFRolloutEngine(model, 1, 0)
     eng.generate([[5, 6]], SamplingParams(max_new_tokens=2))
     assert model.training
+
+
+class SkewedModel(torch.nn.Module):
+    """Mock LM whose next-token distribution depends on the last token (not uniform)."""
+
+    def __init__(self, vocab: int = 13):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
+                logits_to_keep=None):
+        b, t = input_ids.shape
+        v = torch.arange(self.vocab, dtype=torch.float32)
+        logits = torch.sin(input_ids.float().unsqueeze(-1) * 0.7 + v) * 2.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_a_response_depends_on_its_own_seed_not_on_the_batch():
+    """World-size invariance rests on this: the same (prompt, seed) gives the same response
+    alone, in another batch, at another position, or split over generation batches."""
+    eng = HFRolloutEngine(SkewedModel(), pad_token_id=0, eos_token_id=None, batch_size=2)
+    prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]]
+    seeds = [11, 22, 33, 44]
+    p = SamplingParams(max_new_tokens=9, temperature=1.0)
+    full = eng.generate(prompts, p, seed=seeds)
+    for order in ([3, 1], [2], [0, 3, 2, 1]):
+        part = eng.generate([prompts[i] for i in order], p, seed=[seeds[i] for i in order])
+        for row, i in enumerate(order):
+            assert torch.equal(part.response_ids[row], full.response_ids[i]), (order, i)
+    # an int seed is row_seeds(seed, n): row i gets derive_seed(seed, i)
+    from srft.rollout.base import derive_seed, row_seeds
+
+    assert row_seeds(5, 3) == [derive_seed(5, i) for i in range(3)]
+    assert torch.equal(eng.generate(prompts, p, seed=5).response_ids,
+                       eng.generate(prompts, p, seed=row_seeds(5, 4)).response_ids)
+
+
+def test_inverse_cdf_sampling_draws_the_distribution():
+    """20,000 draws with one row's uniforms: frequencies match p; a token of probability 0 (also
+    inside the vocabulary, where the CDF is flat) is never drawn."""
+    from srft.rollout.hf import inverse_cdf_sample, row_uniforms
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    u = row_uniforms([7], 20000, "cpu")[0]
+    draws = inverse_cdf_sample(probs.expand(20000, 5), u)
+    freq = torch.bincount(draws, minlength=5).float() / 20000
+    assert freq[1] == 0 and freq[4] == 0
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    # the ends of [0, 1): u = 0 gives the first token with p > 0, u -> 1 the last
+    assert inverse_cdf_sample(torch.tensor([[0.0, 0.6, 0.4, 0.0]] * 2), torch.tensor([0.0, 0.9999999])).tolist() == [1, 2]

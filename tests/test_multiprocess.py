@@ -63,7 +63,7 @@ def train_args(model_dir, data, out, steps, **extra) -> list[str]:
             "--data.reward": "testbed", "--train.prompts_per_step": 4, "--rollout.n_rollouts": 3,
             "--rollout.max_new_tokens": 8, "--train.micro_batch_size": 4, "--train.eval_every": 0,
             "--train.save_every": 1, "--train.save_total_limit": 10, "--train.save_rollouts": "true",
-            "--optim.lr": "1e-2", "--seed": 3, **extra}
+            "--optim.lr": "1e-2", "--optim.schedule": "linear", "--seed": 3, **extra}
     return ["train", *[str(x) for kv in args.items() for x in kv]]
 
 
@@ -132,6 +132,9 @@ def test_two_processes_match_one_process(tiny_model_dir, data, tmp_path):
         for k in x:
             if not k.startswith(VOLATILE) and x[k] is not None:
                 assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-6), k
+
+    # the same learning-rate schedule (it counts optimiser steps, not processes x steps)
+    assert [m["optim/lr"] for m in mb] == [m["optim/lr"] for m in ma] == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
 
     # the same weights after one step; later steps: the drift is reported (docs/scaling.md)
     assert max_diff(weights(one, 1), weights(two, 1)) <= 1e-5
@@ -233,8 +236,9 @@ def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
         return r
 
     one, ref, out = tmp_path / "one", tmp_path / "fsdp", tmp_path / "fsdp-resumed"
-    run(1, train_args(tiny_model_dir, data, one, 3))
-    fsdp(train_args(tiny_model_dir, data, ref, 3))
+    constant = {"--optim.schedule": "constant"}  # a 2-step run extended to 3 has the 3-step run's schedule
+    run(1, train_args(tiny_model_dir, data, one, 3, **constant))
+    fsdp(train_args(tiny_model_dir, data, ref, 3, **constant))
     ck = ref / "checkpoints" / "step-000001"
     assert (ck / "pytorch_model_fsdp_0").is_dir() and (ck / "optimizer_0").is_dir()  # sharded state
     ra, rb = ([json.loads(x) for x in (d / "rollouts.jsonl").read_text().splitlines()] for d in (one, ref))
@@ -242,7 +246,7 @@ def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
     wa, wb = load_file(one / "final" / "model.safetensors"), load_file(ref / "final" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
-    fsdp(train_args(tiny_model_dir, data, out, 2))
+    fsdp(train_args(tiny_model_dir, data, out, 2, **constant))  # then extended to 3
     fsdp(["train", "--resume", str(out), "--max-steps", "3"])
     wr = load_file(out / "final" / "model.safetensors")
     differ = [k for k in wb if not torch.equal(wb[k], wr[k])]

@@ -2,11 +2,11 @@
 
 Batched sampling with a KV cache (`transformers.DynamicCache`): prompts are left
 padded, position ids follow the attention mask, each step feeds only the new
-token. Each response has its own seed and its own `torch.Generator`, and tokens are
-drawn by the exponential race (argmax_v p_v / E_v with E_v ~ Exp(1) from the row's
-generator, an exact sample of p): a response depends on its prompt, its seed and
-the weights only, not on the batch it is generated in (up to the last bits of float
-rounding, which can differ between batch shapes) nor on the global RNG. Supports
+token. Each response has its own seed: token t of a response is drawn by inverse-CDF
+sampling with the t-th uniform of a `torch.Generator` seeded with the response's seed
+(`row_uniforms`, `inverse_cdf_sample`), so a response depends on its prompt, its
+seed and the weights only, not on the batch it is generated in (up to the last bits
+of float rounding, which can differ between batch shapes) nor on the global RNG. Supports
 temperature (0 = greedy), top-p, a max-new-tokens budget and stop tokens (EOS by
 default).
 
@@ -20,7 +20,6 @@ model is put in eval mode while sampling and its training mode restored after.
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -39,20 +38,24 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
 
 
-def _exponential_race(probs: torch.Tensor, gens: list, alive: torch.Tensor) -> torch.Tensor:
-    """One token per row, row i drawn from probs[i] with generator gens[i]: argmax_v p_v / E_v,
-    E_v ~ Exp(1) (the smallest arrival time E_v / p_v wins with probability p_v). Rows not
-    alive draw nothing (their streams do not advance) and get token 0."""
-    out = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
-    rows = alive.nonzero().flatten().tolist()
-    if not rows:
-        return out
-    noise = torch.stack([torch.empty(probs.shape[1], device=probs.device).exponential_(generator=gens[i])
-                         for i in rows])
-    p = probs[rows]
-    score = torch.where(p > 0, p / noise, torch.full_like(p, -1.0))
-    out[rows] = score.argmax(-1)
-    return out
+def row_uniforms(seeds: list[int], n_tokens: int, device) -> torch.Tensor:
+    """(rows, n_tokens) uniforms in [0, 1): row i's stream, from a generator seeded with seeds[i],
+    so token t of a row always gets the same number, whatever batch the row is in."""
+    out = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(s))
+        out.append(torch.rand(n_tokens, generator=g, device=device))
+    return torch.stack(out) if out else torch.zeros((0, n_tokens), device=device)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row: the first v with cdf_v > u * cdf_V (inverse-CDF sampling; tokens of
+    probability 0 are never drawn). probs (rows, V), u (rows,) in [0, 1)."""
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return idx.clamp(max=probs.shape[-1] - 1)
 
 
 def _forward_params(model):
@@ -157,11 +160,7 @@ class HFRolloutEngine:
         stops = set(params.stop_token_ids) or set(self.stop_ids)
         stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         sampling = bool(params.temperature and params.temperature > 0)
-        gens = []
-        for s in seeds if sampling else []:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s))
-            gens.append(g)
+        uniforms = row_uniforms(seeds, params.max_new_tokens, device) if sampling else None
 
         cache = DynamicCache()
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -170,7 +169,7 @@ class HFRolloutEngine:
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         step_ids, step_pos = input_ids, position_ids
         try:
-            for _ in range(params.max_new_tokens):
+            for t in range(params.max_new_tokens):
                 out = model(
                     input_ids=step_ids,
                     attention_mask=attn,
@@ -184,7 +183,7 @@ class HFRolloutEngine:
                     scaled = logits / params.temperature
                     logprob_all = torch.log_softmax(scaled, dim=-1)
                     probs = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
-                    nxt = _exponential_race(probs, gens, alive)
+                    nxt = inverse_cdf_sample(probs, uniforms[:, t])
                 else:
                     logprob_all = torch.log_softmax(logits, dim=-1)
                     nxt = logits.argmax(-1)
