@@ -64,7 +64,8 @@ def main() -> int:
         tmp = folder / f".bench-step-{step}.pt"
         dcp_to_torch_save(str(ck / "pytorch_model_fsdp_0"), str(tmp))
         try:
-            return torch.load(tmp, weights_only=True)
+            sd = torch.load(tmp, weights_only=True)
+            return sd.get("model", sd)
         finally:
             tmp.unlink()
 

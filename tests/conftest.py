@@ -46,6 +46,22 @@ def verl_row(index: int, question: str, demonstration: str, answer: str, system:
     }
 
 
+def tiny_rows() -> list[dict]:
+    """Testbed-style rows (scored by the testbed verifier, in-process)."""
+    return [{"prompt": f"Q:{a}+{b}-1\nA:", "demonstration": f"<think>{a}+{b}={a + b}</think>{a + b - 1}",
+             "answer": str(a + b - 1)} for a in range(4) for b in range(3)]
+
+
+@pytest.fixture
+def tiny_jsonl(tmp_path) -> Path:
+    """tiny_rows() as a JSONL training file."""
+    import json
+
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
+    return p
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

@@ -10,17 +10,21 @@ from srft.rollout.hf import HFRolloutEngine, _top_p_filter
 
 
 class UniformModel(torch.nn.Module):
-    """Mock LM with uniform logits over V tokens (nanochat-style engine test)."""
+    """Mock LM with uniform logits over V tokens (nanochat-style engine test); subclasses give
+    other next-token logits."""
 
     def __init__(self, vocab: int = 11):
         super().__init__()
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
+    def logits(self, input_ids):
+        b, t = input_ids.shape
+        return torch.zeros(b, t, self.vocab)
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
                 logits_to_keep=None):
-        b, t = input_ids.shape
-        return type("Out", (), {"logits": torch.zeros(b, t, self.vocab)})()
+        return type("Out", (), {"logits": self.logits(input_ids)})()
 
 
 def test_same_seed_same_samples_and_max_tokens():
@@ -89,26 +93,18 @@ def test_engine_restores_training_mode(tiny_model_dir):
     assert model.training
 
 
-class SkewedModel(torch.nn.Module):
+class SkewedModel(UniformModel):
     """Mock LM whose next-token distribution depends on the last token (not uniform)."""
 
-    def __init__(self, vocab: int = 13):
-        super().__init__()
-        self.vocab = vocab
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
-                logits_to_keep=None):
-        b, t = input_ids.shape
+    def logits(self, input_ids):
         v = torch.arange(self.vocab, dtype=torch.float32)
-        logits = torch.sin(input_ids.float().unsqueeze(-1) * 0.7 + v) * 2.0
-        return type("Out", (), {"logits": logits})()
+        return torch.sin(input_ids.float().unsqueeze(-1) * 0.7 + v) * 2.0
 
 
 def test_a_response_depends_on_its_own_seed_not_on_the_batch():
     """World-size invariance rests on this: the same (prompt, seed) gives the same response
     alone, in another batch, at another position, or split over generation batches."""
-    eng = HFRolloutEngine(SkewedModel(), pad_token_id=0, eos_token_id=None, batch_size=2)
+    eng = HFRolloutEngine(SkewedModel(vocab=13), pad_token_id=0, eos_token_id=None, batch_size=2)
     prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]]
     seeds = [11, 22, 33, 44]
     p = SamplingParams(max_new_tokens=9, temperature=1.0)

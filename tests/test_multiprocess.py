@@ -31,18 +31,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with the gloo backend is not available")
 
 
-def rows() -> list[dict]:
-    return [{"prompt": f"Q:{a}+{b}-1\nA:", "demonstration": f"<think>{a}+{b}={a + b}</think>{a + b - 1}",
-             "answer": str(a + b - 1)} for a in range(4) for b in range(3)]
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    p = tmp_path / "train.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    return p
-
-
 def srft_command(nproc: int) -> list[str]:
     """`torchrun --nproc_per_node N .venv/bin/srft` (the installed console script), or plain `srft`."""
     script = Path(sys.executable).parent / "srft"
@@ -106,10 +94,10 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_processes_match_one_process(tiny_model_dir, data, tmp_path):
+def test_two_processes_match_one_process(tiny_model_dir, tiny_jsonl, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    r1 = run(1, train_args(tiny_model_dir, data, one, 3))
-    r2 = run(2, train_args(tiny_model_dir, data, two, 3))
+    r1 = run(1, train_args(tiny_model_dir, tiny_jsonl, one, 3))
+    r2 = run(2, train_args(tiny_model_dir, tiny_jsonl, two, 3))
     assert_world(one, r1, 1)
     assert_world(two, r2, 2)
     out2 = r2.stdout + r2.stderr
@@ -151,15 +139,16 @@ def test_two_processes_match_one_process(tiny_model_dir, data, tmp_path):
     assert not list(two.glob(".tmp-*")) and not list((two / "checkpoints").glob(".tmp-*"))
 
 
-def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_model_dir, data, tmp_path):
+def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_model_dir, tiny_jsonl,
+                                                                               tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     steps = 5
-    run(2, train_args(tiny_model_dir, data, ref, steps))
+    run(2, train_args(tiny_model_dir, tiny_jsonl, ref, steps))
 
     # the launcher and its workers are killed together with SIGKILL (as a scheduler or a node
     # failure does) as soon as the step-2 checkpoint is complete
-    proc = subprocess.Popen([*srft_command(2), *train_args(tiny_model_dir, data, out, steps)], env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*srft_command(2), *train_args(tiny_model_dir, tiny_jsonl, out, steps)], env=env(),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = out / "checkpoints" / "step-000002" / "trainer_state.json"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -197,8 +186,8 @@ def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_weights(t
     assert rollouts == list(range(1, steps + 1))
 
 
-def test_batch_that_does_not_split_evenly_is_refused(tiny_model_dir, data, tmp_path):
-    r = subprocess.run([*srft_command(2), *train_args(tiny_model_dir, data, tmp_path / "odd", 1,
+def test_batch_that_does_not_split_evenly_is_refused(tiny_model_dir, tiny_jsonl, tmp_path):
+    r = subprocess.run([*srft_command(2), *train_args(tiny_model_dir, tiny_jsonl, tmp_path / "odd", 1,
                                                        **{"--train.prompts_per_step": 3})],
                        capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
     assert r.returncode != 0
@@ -222,7 +211,7 @@ def test_sharded_evaluation_equals_single_process(tiny_model_dir, tmp_path):
                 assert b[when][name][key] == pytest.approx(res[key]), (when, name, key)
 
 
-def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
+def test_fsdp2_on_two_cpu_processes(tiny_model_dir, tiny_jsonl, tmp_path):
     """FSDP2 (torch fully_shard through accelerate; see tests/fsdp_cpu_launch.py for why a test
     launcher is needed on CPU): the same responses as one process, weights within float noise,
     sharded checkpoints that resume to the uninterrupted run's weights, final/ a plain folder."""
@@ -237,8 +226,8 @@ def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
 
     one, ref, out = tmp_path / "one", tmp_path / "fsdp", tmp_path / "fsdp-resumed"
     constant = {"--optim.schedule": "constant"}  # a 2-step run extended to 3 has the 3-step run's schedule
-    run(1, train_args(tiny_model_dir, data, one, 3, **constant))
-    fsdp(train_args(tiny_model_dir, data, ref, 3, **constant))
+    run(1, train_args(tiny_model_dir, tiny_jsonl, one, 3, **constant))
+    fsdp(train_args(tiny_model_dir, tiny_jsonl, ref, 3, **constant))
     ck = ref / "checkpoints" / "step-000001"
     assert (ck / "pytorch_model_fsdp_0").is_dir() and (ck / "optimizer_0").is_dir()  # sharded state
     ra, rb = ([json.loads(x) for x in (d / "rollouts.jsonl").read_text().splitlines()] for d in (one, ref))
@@ -246,7 +235,7 @@ def test_fsdp2_on_two_cpu_processes(tiny_model_dir, data, tmp_path):
     wa, wb = load_file(one / "final" / "model.safetensors"), load_file(ref / "final" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
-    fsdp(train_args(tiny_model_dir, data, out, 2, **constant))  # then extended to 3
+    fsdp(train_args(tiny_model_dir, tiny_jsonl, out, 2, **constant))  # then extended to 3
     fsdp(["train", "--resume", str(out), "--max-steps", "3"])
     wr = load_file(out / "final" / "model.safetensors")
     differ = [k for k in wb if not torch.equal(wb[k], wr[k])]

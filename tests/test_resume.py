@@ -27,19 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 VOLATILE = ("time/", "throughput/")  # wall-clock metrics differ between any two runs
 
 
-def tiny_rows() -> list[dict]:
-    """Testbed-style rows (scored by the testbed verifier, in-process)."""
-    return [{"prompt": f"Q:{a}+{b}-1\nA:", "demonstration": f"<think>{a}+{b}={a + b}</think>{a + b - 1}",
-             "answer": str(a + b - 1)} for a in range(4) for b in range(3)]
-
-
-@pytest.fixture
-def tiny_jsonl(tmp_path) -> Path:
-    p = tmp_path / "train.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
-    return p
-
-
 def train_args(model_dir, data, out, steps=6) -> list[str]:
     return ["train", "--model", str(model_dir), "--output-dir", str(out), "--max-steps", str(steps),
             "--data.dataset", str(data), "--data.reward", "testbed", "--train.prompts_per_step", "4",
