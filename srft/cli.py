@@ -21,24 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _quiet_libraries() -> None:
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
-    import logging
-
-    # accelerate's save_state warns on every checkpoint that tied weights (lm_head = embeddings) are stored once
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+from srft.runtime import quiet_libraries
 
 
 def _rank() -> int:
@@ -193,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from srft.errors import DataError
+
 CANONICAL = ("prompt", "demonstration", "answer")
 DEFAULT_COLUMNS = {"prompt": "prompt", "demonstration": "demonstration", "answer": "answer"}
 VERL_COLUMNS = {"prompt": "prompt", "demonstration": "target", "answer": "reward_model.ground_truth"}
@@ -45,10 +47,6 @@ JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BUILTIN_DATASETS = ("testbed", "champ")
-
-
-class DataError(ValueError):
-    """Bad training data, with the row and field in the message."""
 
 
 @dataclass

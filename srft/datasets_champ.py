@@ -28,7 +28,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from srft.data import DataError
+from srft.errors import DataError
 
 PACKAGE = "champ_dataset"
 INSTALL_HINT = "pip install --no-deps champ-dataset"

@@ -143,9 +143,9 @@ def _worker_init(threads: int) -> None:
 
     os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
-    from srft.cli import _quiet_libraries
+    from srft.runtime import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
 
 
 def _run_in_worker(cfg) -> tuple[dict, float]:
