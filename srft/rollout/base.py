@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, Union
+from typing import Protocol, Sequence, Union
 
 import torch
 
