@@ -134,7 +134,8 @@ class ObjectiveConfig:
     max_len_norm: Optional[int] = None
     """L_max for token-sum-norm; None uses the longest response budget."""
     entropy_bonus: float = 0.0
-    """Coefficient of -mean(H) added to the loss (LUFFY's script: 0.001)."""
+    """Coefficient c of the bonus -c * agg(H) over all response tokens, aggregated like the policy loss
+    (a token mean under token-mean; LUFFY's script: 0.001)."""
     adv_std_norm: bool = True
     """Divide group advantages by the group std (paper) or not (LUFFY)."""
     demos_in_group: bool = True
@@ -207,10 +208,21 @@ class TrainConfig:
     """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
     save_rollouts: bool = False
     """Write every step's samples (token ids, reward, advantage, global group index) to rollouts.jsonl."""
-    logprob_chunk_size: int = 4096
-    """Positions per chunk when computing log-probs / entropies from logits."""
+    old_logprob_pass: str = "auto"
+    """"auto": on-policy runs (one mini-batch, one epoch) take pi_old from the update's own forward and
+    the batch entropy from the sampler, with no separate pass; "always": a no-grad pass before the update."""
+    logprob_path: str = "auto"
+    """How log-probs and entropies are computed (srft.policy): "auto" from the hidden states in chunks
+    where the model allows it (its log line says which), "logits" from the model's full logits."""
+    logprob_chunk_size: int = 0
+    """Positions per chunk when computing log-probs / entropies (srft.policy); 0: about 32M logits
+    per chunk (e.g. 220 positions for a 152k vocabulary)."""
 
     def __post_init__(self):
+        if self.old_logprob_pass not in ("auto", "always"):
+            raise ValueError(f"train.old_logprob_pass must be auto or always, got {self.old_logprob_pass!r}")
+        if self.logprob_path not in ("auto", "logits"):
+            raise ValueError(f"train.logprob_path must be auto or logits, got {self.logprob_path!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise ValueError(f"train.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
 
@@ -256,12 +268,14 @@ class Config:
         if t.prompts_per_step < 1 or t.max_steps < 0:
             raise ValueError("train.prompts_per_step must be >= 1 and train.max_steps >= 0")
         for name in ("train.mini_batches", "train.epochs_per_batch", "train.save_total_limit",
-                     "train.max_nonfinite_steps", "train.logprob_chunk_size", "rollout.batch_size",
+                     "train.max_nonfinite_steps", "rollout.batch_size",
                      "rollout.max_new_tokens", "eval.k", "eval.batch_size", "eval.max_new_tokens",
                      "data.max_prompt_tokens", "data.max_demo_tokens"):
             section, attr = name.split(".")
             if getattr(getattr(self, section), attr) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(getattr(self, section), attr)}")
+        if t.logprob_chunk_size < 0:
+            raise ValueError(f"train.logprob_chunk_size must be >= 0 (0: automatic), got {t.logprob_chunk_size}")
         for name in ("train.save_every", "train.eval_every"):
             if getattr(t, name.split(".")[1]) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(t, name.split('.')[1])}")

@@ -22,8 +22,10 @@ METRICS: dict[str, str] = {
     "reward/accuracy": "share of rollouts with reward >= 1 (binary verifier: equals reward/mean)",
     "reward/none": "number of samples the reward function returned None for (scored 0)",
     "advantage/zero_groups": "share of groups whose rewards are all equal (A = 0 for all their samples)",
-    "entropy/rollout": "mean token entropy H = -sum_v p log p over rollout tokens, before the update",
-    "entropy/demo": "mean token entropy over demonstration tokens, before the update",
+    "entropy/rollout": "mean token entropy H = -sum_v p log p over rollout tokens, before the update (as the sampler "
+                       "computed it, in one-pass on-policy mode)",
+    "entropy/demo": "mean token entropy over demonstration tokens, before the update (in the update's own forward, "
+                    "in one-pass mode)",
     "weight/sft": "mean w_SFT over demonstration tokens (0.5 sg(exp(-H)) for srft, Eq. 8)",
     "weight/rl": "mean w_RL over rollout tokens (0.1 sg(exp(H)) for srft, Eq. 12; applied where A > 0)",
     "loss/total": "the objective: sum of the loss/* terms present",
@@ -31,7 +33,8 @@ METRICS: dict[str, str] = {
     "loss/nll_demo": "unweighted token-mean NLL of the demonstrations, -mean log p",
     "loss/rl_demo": "L_RL_demo = agg(-A f(p)) over demonstration tokens, f(p) = p or p/(p+gamma)",
     "loss/rl_self": "L_RL_self = agg(w * -min(rA, clip(r)A)) over rollout tokens",
-    "loss/entropy_bonus": "-c * token-mean entropy (only when objective.entropy_bonus > 0)",
+    "loss/entropy_bonus": "-c * agg(H) over all response tokens with the run's aggregation (token-mean: -c * mean H; "
+                          "as LUFFY's verl agg_loss); only when objective.entropy_bonus > 0",
     "policy/clip_frac": "share of rollout tokens where the clipped branch of the surrogate was taken",
     "policy/ratio_mean": "mean ratio r = pi / pi_old over rollout tokens",
     "policy/grad_norm": "global gradient norm before clipping (mean over the step's optimiser steps)",
@@ -41,7 +44,7 @@ METRICS: dict[str, str] = {
     "response_length/demo": "mean demonstration length in tokens (EOS included)",
     "time/rollout": "seconds generating rollouts (time/* are the main process's; all ranks wait for each other)",
     "time/reward": "seconds scoring rollouts and demonstrations",
-    "time/old_logprob": "seconds in the no-grad pass giving pi_old and the entropies",
+    "time/old_logprob": "seconds in the no-grad pass giving pi_old and the entropies (0 in one-pass on-policy mode)",
     "time/update": "seconds in forward/backward/optimiser steps",
     "time/step": "seconds for the whole step",
     "throughput/rollout_tokens_per_s": "generated tokens / time/rollout",

@@ -25,8 +25,11 @@ Choices where the paper is silent (each is an option of ObjectiveConfig):
   (the policy entropy the paper plots); "token" and "sequence" are options, in
   which case each token uses its own entropy (demonstration tokens for w_SFT,
   rollout tokens for w_RL) or its sequence's mean.
-- An optional entropy bonus (-c * mean H over all response tokens), 0 by default
-  (LUFFY's script: 0.001).
+- An optional entropy bonus, -c * agg_all(H): the entropy of every response token
+  (demonstrations and rollouts) aggregated with the run's aggregation and counts of
+  all tokens, as LUFFY's script (verl's `agg_loss(entropy, response_mask,
+  loss_agg_mode)`) does: a token mean under token-mean, sum H / (N_seqs * L_max)
+  under token-sum-norm. 0 by default (LUFFY's script: 0.001).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class LossInputs:
 
     logprobs / entropy come from the current forward pass (with grad);
     old_logprobs from the policy that sampled the rollouts (any value on
-    demonstration rows: they are not used there); advantages (B,); mask (B, T)
-    1 on response tokens; is_demo (B,) bool.
+    demonstration rows and padding, NaN included: they are masked out before use);
+    advantages (B,); mask (B, T) 1 on response tokens; is_demo (B,) bool.
     """
 
     logprobs: torch.Tensor
@@ -133,9 +136,10 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, 
     if cfg.rl_demo:
         terms["rl_demo"] = agg(L.off_policy_demo_term(x.logprobs, x.advantages, cfg.demo_shaping_gamma), "demo")
     if cfg.rl_self:
-        per_tok, ratio, clipped = L.clipped_surrogate(
-            x.logprobs, x.old_logprobs, x.advantages, cfg.clip_eps, cfg.clip_eps_high
-        )
+        # old log-probs only where they mean something (rollout tokens): elsewhere the current
+        # detached log-prob (r = 1), so a NaN on a demonstration row or on padding never reaches the loss
+        old = torch.where(roll_mask > 0, x.old_logprobs, x.logprobs.detach())
+        per_tok, ratio, clipped = L.clipped_surrogate(x.logprobs, old, x.advantages, cfg.clip_eps, cfg.clip_eps_high)
         w_rl = _weight(H, cfg.w_rl, cfg.w_rl_coef, cfg.w_rl_sign)
         positive = (x.advantages > 0).to(mask.dtype).unsqueeze(-1)
         w_tok = positive * w_rl + (1 - positive)

@@ -61,6 +61,7 @@ from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
 from srft.distributed import Dist
 from srft.metrics import MetricsWriter, truncate_metrics
 from srft.objective import LossInputs, Normalizers, compute_loss
+from srft.policy import PolicyScorer
 from srft.rewards import get_reward_fn, score_completions
 from srft.rollout.base import SamplingParams, derive_seed
 
@@ -172,33 +173,6 @@ def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[s
     }
 
 
-def policy_forward(model, batch, temperature: float, chunk_size: int, with_entropy: bool = True):
-    """Log-probs (and entropies) of the response tokens under the model, (B, T)."""
-    lr = batch["response_ids"].shape[1]
-    device = next(model.parameters()).device
-    kwargs = {}
-    inner = getattr(model, "module", model)  # DDP keeps the model in .module
-    if "logits_to_keep" in getattr(policy_forward, "_params", {}).get(type(inner), ()):
-        kwargs["logits_to_keep"] = lr + 1
-    out = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        position_ids=batch["position_ids"].to(device),
-        use_cache=False,
-        **kwargs,
-    )
-    logits = out.logits[:, -(lr + 1) : -1, :]
-    if temperature and temperature != 1.0:
-        logits = logits / temperature
-    return L.token_logprobs_and_entropy(logits, batch["response_ids"].to(device), chunk_size, with_entropy)
-
-
-def _register_forward_params(model):
-    from srft.rollout.hf import _forward_params
-
-    policy_forward.__dict__.setdefault("_params", {})[type(model)] = tuple(_forward_params(model))
-
-
 def lr_lambda(optim_cfg, total_steps: int):
     def fn(step: int) -> float:
         warm = optim_cfg.warmup_steps
@@ -248,7 +222,6 @@ class Trainer:
         model = self._adapt_model(model)
         if self.resume_from:
             self.model_path = resume_state["model"]
-        _register_forward_params(model)
         need_demos = cfg.rollout.n_demos > 0
         self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=self.log,
                                          n_demos=cfg.rollout.n_demos)
@@ -261,6 +234,16 @@ class Trainer:
         self.total_optim_steps = cfg.train.max_steps * cfg.train.mini_batches * cfg.train.epochs_per_batch
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.total_optim_steps))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, opt, sched)
+        ex = self.examples[0]
+        self.scorer = PolicyScorer(self.model, self.unwrapped, cfg.rollout.temperature,
+                                   cfg.train.logprob_chunk_size, self.dist.kind,
+                                   probe_ids=ex.prompt_ids + (ex.demo_ids[0] if ex.demo_ids else []),
+                                   path=cfg.train.logprob_path)
+        self.log(f"[srft] {self.scorer.describe()}")
+        self.one_pass, why = self._pi_old_mode()
+        self.log("[srft] on-policy: pi_old is the update's own forward, detached, and the batch entropy comes from "
+                 "the sampler (no separate pi_old pass)" if self.one_pass else
+                 f"[srft] pi_old from a separate no-grad pass before the update ({why})")
         from srft.rollout import make_engine
 
         self.engine = make_engine(cfg.rollout.engine, self.unwrapped, self.tokenizer, cfg.rollout)
@@ -275,6 +258,20 @@ class Trainer:
                                      enabled=self.dist.is_main)
         if self.resume_from:
             self._restore(self.resume_from, resume_state)
+
+    def _pi_old_mode(self) -> tuple[bool, str]:
+        """Whether the separate pi_old pass can be skipped (one optimiser step per rollout batch, on
+        the weights that sampled it), and why not."""
+        t, o, r = self.cfg.train, self.cfg.objective, self.cfg.rollout
+        if t.old_logprob_pass == "always":
+            return False, "train.old_logprob_pass is always"
+        if t.mini_batches > 1 or t.epochs_per_batch > 1:
+            return False, "train.mini_batches or train.epochs_per_batch > 1: several updates per rollout batch"
+        needs_batch_h = o.entropy_granularity == "batch" and ((o.sft_demo and o.w_sft == "entropy") or
+                                                              (o.rl_self and o.w_rl == "entropy"))
+        if needs_batch_h and r.n_rollouts == 0:
+            return False, "the entropy weights' batch entropy comes from the demonstrations"
+        return True, ""
 
     def _check_world_size(self) -> None:
         t, world = self.cfg.train, self.dist.world
@@ -367,13 +364,15 @@ class Trainer:
         exs = [(g, self.examples[idx[g]]) for g in mine]
         timings = {}
         t0 = time.perf_counter()
-        roll_ids, finished = [], []
+        roll_ids, roll_ent, finished = [], [], []
         if K > 0:
             self.engine.sync_weights(self.unwrapped)
             params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
             seeds = [derive_seed(cfg.train.seed, "rollout", self.step, g * K + k) for g, _ in exs for k in range(K)]
             out = self.engine.generate([ex.prompt_ids for _, ex in exs for _ in range(K)], params, seed=seeds)
             roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]
+            roll_ent = ([e[m.bool()] for e, m in zip(out.entropy, out.response_mask)] if out.entropy is not None
+                        else [None] * len(roll_ids))
             finished = out.finished.tolist()
         timings["time/rollout"] = time.perf_counter() - t0
 
@@ -382,7 +381,7 @@ class Trainer:
         for a, (g, ex) in enumerate(exs):
             for k in range(K):
                 ids = roll_ids[a * K + k]
-                samples.append(Sample(g, ex.prompt_ids, ids, False))
+                samples.append(Sample(g, ex.prompt_ids, ids, False, entropy=roll_ent[a * K + k]))
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 prompts.append(ex.prompt)
                 col_rows.append(ex)
@@ -452,8 +451,7 @@ class Trainer:
         sums = {"roll": [0.0, 0.0], "demo": [0.0, 0.0]}
         for chunk in self._micro_batches(samples):
             batch = collate(chunk, pad, with_old=False)
-            lp, ent = policy_forward(self.model, batch, self.cfg.rollout.temperature,
-                                     self.cfg.train.logprob_chunk_size)
+            lp, ent = self.scorer(batch)
             for i, s in enumerate(chunk):
                 n = len(s.response_ids)
                 s.old_logprobs = lp[i, :n].detach().cpu()
@@ -465,7 +463,15 @@ class Trainer:
         return {"entropy/rollout": _ratio(totals[0], totals[1]), "entropy/demo": _ratio(totals[2], totals[3]),
                 "time/old_logprob": time.perf_counter() - t0}
 
-    def _update(self, samples: list[Sample], batch_entropy: Optional[float]) -> dict:
+    def _sampler_entropy(self, samples: list[Sample]) -> dict:
+        """One-pass mode: the rollouts' mean token entropy as the sampler saw it (the same weights)."""
+        roll = [s for s in samples if not s.is_demo]
+        tot, n = self.dist.sum([sum(float(s.entropy.sum()) for s in roll), sum(len(s.response_ids) for s in roll)])
+        return {"entropy/rollout": _ratio(tot, n), "time/old_logprob": 0.0}
+
+    def _update(self, samples: list[Sample], batch_entropy: Optional[float], one_pass: bool = False) -> dict:
+        """The optimiser steps of one rollout batch. one_pass: pi_old is the forward's own detached
+        log-prob (on-policy, one update), and the demonstrations' entropy is measured here."""
         cfg, acc = self.cfg, self.accelerator
         t0 = time.perf_counter()
         pad = self.tokenizer.pad_token_id
@@ -473,6 +479,8 @@ class Trainer:
         per_mb = len(groups) // cfg.train.mini_batches
         sums: dict[str, float] = {}
         n_updates, grad_norms, skipped, trained_tokens = 0, [], 0, 0
+        demo_h = [0.0, 0.0]  # entropy sum and token count over demonstrations (one-pass mode)
+        entropy_grad = cfg.objective.entropy_bonus > 0
         max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
         scale = float(self.dist.world)  # the engines average gradients over ranks; the loss is a global sum
         for _ in range(cfg.train.epochs_per_batch):
@@ -491,14 +499,18 @@ class Trainer:
                 for c, chunk in enumerate(chunks):
                     batch = collate(chunk, pad)
                     with self.dist.micro_step(self.model, last=c == len(chunks) - 1):
-                        lp, ent = policy_forward(self.model, batch, cfg.rollout.temperature,
-                                                 cfg.train.logprob_chunk_size)
+                        lp, ent = self.scorer(batch, entropy_grad=entropy_grad)
                         dev = lp.device
-                        x = LossInputs(lp, ent, batch["old_logprobs"].to(dev), batch["advantages"].to(dev),
-                                       batch["mask"].to(dev), batch["is_demo"].to(dev))
+                        old = lp.detach() if one_pass else batch["old_logprobs"].to(dev)
+                        x = LossInputs(lp, ent, old, batch["advantages"].to(dev), batch["mask"].to(dev),
+                                       batch["is_demo"].to(dev))
                         loss, mets = compute_loss(x, norms, cfg.objective)
                         acc.backward(loss * scale)
                     trained_tokens += int(batch["attention_mask"].sum())
+                    if one_pass:
+                        dmask = batch["mask"].to(ent.device) * batch["is_demo"].to(ent.device).unsqueeze(-1)
+                        demo_h[0] += float((ent.detach() * dmask).sum())
+                        demo_h[1] += float(dmask.sum())
                     for k, v in mets.items():
                         local[k] = local.get(k, 0.0) + float(v)
                 keys = sorted(local)
@@ -521,7 +533,9 @@ class Trainer:
         out["policy/grad_norm"] = _mean(grad_norms)
         out["optim/skipped_updates"] = float(skipped)
         out["time/update"] = time.perf_counter() - t0
-        out["_train_tokens"] = self.dist.sum([trained_tokens])[0]
+        tokens, h_sum, h_n = self.dist.sum([trained_tokens, *demo_h])
+        out["_train_tokens"] = tokens
+        out["_demo_entropy"] = _ratio(h_sum, h_n)
         return out
 
     def train_step(self) -> dict:
@@ -530,9 +544,14 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         lr = self.scheduler.get_last_lr()[0]
         samples, info = self._sample_groups()
-        ent = self._old_logprobs(samples)
-        batch_entropy = ent["entropy/rollout"] if math.isfinite(ent["entropy/rollout"]) else ent["entropy/demo"]
-        upd = self._update(samples, batch_entropy if math.isfinite(batch_entropy) else None)
+        one_pass = self.one_pass and all(s.entropy is not None for s in samples if not s.is_demo)
+        ent = self._sampler_entropy(samples) if one_pass else self._old_logprobs(samples)
+        batch_entropy = (ent["entropy/rollout"] if math.isfinite(ent["entropy/rollout"])
+                         else ent.get("entropy/demo", float("nan")))  # one-pass mode: never needed from demos
+        upd = self._update(samples, batch_entropy if math.isfinite(batch_entropy) else None, one_pass)
+        if one_pass:
+            ent["entropy/demo"] = upd.pop("_demo_entropy")
+        upd.pop("_demo_entropy", None)
         self.step += 1
         m = {**info, **ent, **upd}
         m["time/step"] = time.perf_counter() - t0

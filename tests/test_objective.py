@@ -189,3 +189,38 @@ def _rl_row(x, i):
     n = int(x.mask[i].sum())
     return sum(-min(math.exp(lp[i, t] - old[i, t]) * A[i], min(max(math.exp(lp[i, t] - old[i, t]), 0.8), 1.2) * A[i])
                for t in range(n))
+
+
+def test_nan_old_logprobs_on_demonstrations_and_padding_never_reach_the_loss():
+    """LossInputs allows any value of old_logprobs outside rollout tokens: NaN there gives the
+    same finite loss and gradients as zeros there."""
+    cfg = preset_cfg("srft")
+    results = []
+    for fill in (0.0, float("nan")):
+        x = small_batch()
+        old = x.old_logprobs.clone()
+        old[2] = fill  # the demonstration row
+        old[0, 2] = fill  # padding of rollout 0
+        x = LossInputs(x.logprobs, x.entropy, old, x.advantages, x.mask, x.is_demo)
+        loss, _ = compute_loss(x, norms_of(x, 0.7), cfg)
+        loss.backward()
+        results.append((loss.detach(), x.logprobs.grad.clone()))
+    assert torch.isfinite(results[1][0]) and torch.isfinite(results[1][1]).all()
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "token-sum-norm"])
+def test_entropy_bonus_is_aggregated_like_the_policy_loss(aggregation):
+    """-c * agg(H) over all 8 response tokens (LUFFY / verl agg_loss): under token-mean the
+    mean entropy, under token-sum-norm sum H / (3 sequences * L_max 3)."""
+    x = small_batch()
+    c = 0.01
+    base = apply_overrides(Config(), {"objective.aggregation": aggregation}, "test").objective
+    with_bonus = apply_overrides(Config(), {"objective.aggregation": aggregation, "objective.entropy_bonus": c},
+                                 "test").objective
+    _, m0 = compute_loss(x, norms_of(x, 0.7), base)
+    _, m1 = compute_loss(x, norms_of(x, 0.7), with_bonus)
+    h_sum = float((x.entropy * x.mask).sum())
+    want = -c * (h_sum / 8 if aggregation == "token-mean" else h_sum / (3 * 3))
+    assert m1["loss/entropy_bonus"].item() == pytest.approx(want, rel=1e-6)
+    assert m1["loss/total"].item() == pytest.approx(m0["loss/total"].item() + want, rel=1e-5)

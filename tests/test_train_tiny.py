@@ -144,3 +144,47 @@ def test_rl_sft_keeps_demonstrations_out_of_the_advantage_group(tiny_model_dir, 
     for g in {s.group for s in samples}:
         roll = [s.advantage for s in samples if s.group == g and not s.is_demo]
         assert len(roll) == 8 and abs(sum(roll)) < 1e-5  # centred over the rollouts alone
+
+
+def first_update(cfg) -> tuple[dict, dict, list[str]]:
+    """Metrics and gradients of the first optimiser step of a run (gradients recorded just
+    before the optimiser applies them), and the run's log."""
+    logs: list[str] = []
+    trainer = Trainer(cfg, log=logs.append)
+    grads = {}
+    step = trainer.optimizer.step
+
+    def recording_step(*a, **k):
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        return step(*a, **k)
+
+    trainer.optimizer.step = recording_step
+    trainer.evaluate = lambda: {}
+    return trainer.train_step(), grads, logs
+
+
+@pytest.mark.parametrize("granularity", ["batch", "token"])
+def test_one_pass_equals_two_passes_on_the_same_batch(tiny_model_dir, tmp_path, granularity):
+    """On-policy (one mini-batch, one epoch): pi_old taken from the update's own forward and the
+    batch entropy from the sampler give the loss and gradients of the separate pi_old pass."""
+    over = {"objective.entropy_granularity": granularity, "data.dataset": "testbed"}
+    m1, g1, log1 = first_update(tiny_cfg(tiny_model_dir, tmp_path / "one", **over))
+    m2, g2, log2 = first_update(tiny_cfg(tiny_model_dir, tmp_path / "two", **over,
+                                         **{"train.old_logprob_pass": "always"}))
+    assert any("no separate pi_old pass" in str(x) for x in log1)
+    assert any("separate no-grad pass before the update (train.old_logprob_pass is always)" in str(x) for x in log2)
+    assert m1["time/old_logprob"] == 0.0 and m2["time/old_logprob"] > 0
+    for k in ("loss/total", "loss/sft_demo", "loss/rl_demo", "loss/rl_self", "weight/sft", "weight/rl",
+              "entropy/rollout", "entropy/demo", "reward/mean", "policy/ratio_mean"):
+        assert m1[k] == pytest.approx(m2[k], rel=1e-5, abs=1e-6), k
+    assert set(g1) == set(g2) and g1
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_several_mini_batches_keep_the_pi_old_pass(tiny_model_dir, tmp_path):
+    logs: list[str] = []
+    Trainer(tiny_cfg(tiny_model_dir, tmp_path / "run", **{"train.mini_batches": 2}), log=logs.append)
+    assert any("separate no-grad pass before the update (train.mini_batches or train.epochs_per_batch > 1" in str(x)
+               for x in logs)

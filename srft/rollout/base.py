@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -45,12 +45,15 @@ class RolloutOutput:
         distribution softmax(logits / temperature) (before top-p truncation); 0 on
         padding. For greedy decoding, the log-probs of the untempered distribution.
     finished: (N,) bool, True where a stop token was generated within the budget.
+    entropy: (N, T) float32 entropy of that same distribution at each generated
+        token, 0 on padding; None from an engine that does not give it.
     """
 
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     logprobs: torch.Tensor
     finished: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -124,7 +124,7 @@ class HFRolloutEngine:
         ]
         if not outs:
             empty = torch.zeros((0, 0), dtype=torch.long)
-            return RolloutOutput(empty, empty.clone(), empty.float(), torch.zeros(0, dtype=torch.bool))
+            return RolloutOutput(empty, empty.clone(), empty.float(), torch.zeros(0, dtype=torch.bool), empty.float())
         width = max(o.response_ids.shape[1] for o in outs)
 
         def cat(name, fill):
@@ -140,6 +140,7 @@ class HFRolloutEngine:
             response_mask=cat("response_mask", 0),
             logprobs=cat("logprobs", 0.0),
             finished=torch.cat([o.finished for o in outs]),
+            entropy=cat("entropy", 0.0),
         )
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> RolloutOutput:
@@ -164,7 +165,7 @@ class HFRolloutEngine:
 
         cache = DynamicCache()
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-        tokens, logps, masks = [], [], []
+        tokens, logps, masks, ents = [], [], [], []
         alive = torch.ones(n, dtype=torch.bool, device=device)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         step_ids, step_pos = input_ids, position_ids
@@ -188,6 +189,9 @@ class HFRolloutEngine:
                     logprob_all = torch.log_softmax(logits, dim=-1)
                     nxt = logits.argmax(-1)
                 lp = logprob_all.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+                p_all = logprob_all.exp()
+                ent = -torch.where(p_all > 0, p_all * logprob_all, torch.zeros_like(p_all)).sum(-1)
+                ents.append(torch.where(alive, ent, torch.zeros_like(ent)))
                 nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_token_id))
                 tokens.append(nxt)
                 logps.append(torch.where(alive, lp, torch.zeros_like(lp)))
@@ -207,10 +211,11 @@ class HFRolloutEngine:
             model.train(was_training)
         if not tokens:
             empty = torch.zeros((n, 0), dtype=torch.long)
-            return RolloutOutput(empty, empty.clone(), empty.float(), finished.cpu())
+            return RolloutOutput(empty, empty.clone(), empty.float(), finished.cpu(), empty.float())
         return RolloutOutput(
             response_ids=torch.stack(tokens, 1).cpu(),
             response_mask=torch.stack(masks, 1).cpu(),
             logprobs=torch.stack(logps, 1).float().cpu(),
             finished=finished.cpu(),
+            entropy=torch.stack(ents, 1).float().cpu(),
         )
