@@ -57,6 +57,7 @@ def token_logprobs_and_entropy(
     labels: torch.Tensor,
     chunk_size: Optional[int] = 1024,
     with_entropy: bool = True,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Log-prob of `labels` and full-vocabulary entropy at every position.
 
@@ -66,6 +67,7 @@ def token_logprobs_and_entropy(
         chunk_size: number of positions (over B*T) converted to float32 at a time;
             None computes everything at once.
         with_entropy: skip the entropy when False (returns None for it).
+        entropy_grad: False computes the entropy without autograd (nothing kept for a backward).
 
     Returns:
         logprobs (B, T) float32 and entropy (B, T) float32 (or None).
@@ -83,9 +85,10 @@ def token_logprobs_and_entropy(
         picked = torch.gather(z, -1, flat_labels[start : start + step].unsqueeze(-1)).squeeze(-1)
         logp_chunks.append(picked - lse)
         if with_entropy:
-            p = torch.softmax(z, dim=-1)
-            pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # 0 * -inf -> 0
-            ent_chunks.append(lse - pz.sum(-1))  # H = logsumexp(z) - E_p[z]
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                p = torch.softmax(z, dim=-1)
+                pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # 0 * -inf -> 0
+                ent_chunks.append(lse - pz.sum(-1))  # H = logsumexp(z) - E_p[z]
     logprobs = torch.cat(logp_chunks).reshape(B, T)
     entropy = torch.cat(ent_chunks).reshape(B, T) if with_entropy else None
     return logprobs, entropy

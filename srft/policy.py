@@ -27,13 +27,13 @@ swapped for the identity during the call.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Optional
 
 import torch
 
 from srft import losses as L
 from srft.chunked_logprobs import chunked_logprobs_and_entropy, default_chunk_size
+from srft.rollout.hf import forward_params
 
 HIDDEN_OK_ENGINES = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU")
 
@@ -72,8 +72,7 @@ class PolicyScorer:
         path: "auto" (hidden where it applies) or "logits"."""
         self.model, self.temperature = model, temperature
         base = _base(unwrapped)
-        params = inspect.signature(type(base).forward).parameters
-        self.keeps_logits = "logits_to_keep" in params
+        self.keeps_logits = "logits_to_keep" in forward_params(base)
         self.head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         vocab = getattr(getattr(base, "config", None), "vocab_size", None) or 32000
         self.chunk_size = chunk_size if chunk_size and chunk_size > 0 else default_chunk_size(vocab)
@@ -141,12 +140,8 @@ class PolicyScorer:
         logits, device = self._forward(batch, lr)
         if self.temperature and self.temperature != 1.0:
             logits = logits / self.temperature
-        labels = batch["response_ids"].to(device)
-        lp, ent = L.token_logprobs_and_entropy(logits, labels, self.chunk_size, with_entropy and entropy_grad)
-        if with_entropy and not entropy_grad:
-            with torch.no_grad():
-                _, ent = L.token_logprobs_and_entropy(logits.detach(), labels, self.chunk_size, True)
-        return lp, ent
+        return L.token_logprobs_and_entropy(logits, batch["response_ids"].to(device), self.chunk_size, with_entropy,
+                                            entropy_grad=entropy_grad)
 
     def _hidden(self, batch: dict, with_entropy: bool):
         lr = batch["response_ids"].shape[1]

@@ -7,8 +7,10 @@ Each step reads like the algorithm (SRFT, arXiv 2506.19767, Sec. 4):
 3. put `rollout.n_demos` demonstrations of the prompt into the same group;
 4. score rollouts and demonstrations with the reward function;
 5. group advantages over each augmented group (`srft.losses.group_advantages`);
-6. a no-grad pass gives pi_old (the policy before this step's update) and the
-   token entropies (the H of the entropy weights and of the metrics);
+6. pi_old (the policy before this step's update) and the token entropies (the H of
+   the entropy weights and of the metrics): on-policy (one mini-batch, one epoch) the
+   update's own forward, detached, and the sampler's entropies; otherwise a no-grad
+   pass before the update (`Trainer._pi_old_mode`, docs/memory.md);
 7. `train.mini_batches` optimiser steps, each over its share of the groups, with
    gradient accumulation over micro-batches; the loss is `srft.objective.compute_loss`
    normalised by mini-batch token counts, so micro-batching does not change it.
@@ -33,8 +35,10 @@ gradient is skipped, `train.max_nonfinite_steps` in a row raise `TrainingError`,
 and non-finite weights are never saved.
 
 Deviations and notes:
-- pi_old is recomputed by the trainer (as verl does) rather than taken from the
-  sampler; the sampler's log-probs are kept for the `policy/` diagnostics only.
+- pi_old is the trainer's forward (the update's own, or a separate pass), never the
+  sampler's log-probs, which can differ from the trainer's by float rounding.
+- Log-probs and entropies come from the hidden states in chunks (`srft.policy`,
+  `srft.chunked_logprobs`) where the model allows it, else from the full logits.
 - Logits are divided by the rollout temperature before log-probs and entropies
   (also for demonstration rows), so pi is the distribution rollouts were drawn from.
 - `train.prompts_per_step` counts prompts over all processes (TRL's and HF's batch
@@ -367,7 +371,8 @@ class Trainer:
         roll_ids, roll_ent, finished = [], [], []
         if K > 0:
             self.engine.sync_weights(self.unwrapped)
-            params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+            params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
+                                    return_entropy=self.one_pass)
             seeds = [derive_seed(cfg.train.seed, "rollout", self.step, g * K + k) for g, _ in exs for k in range(K)]
             out = self.engine.generate([ex.prompt_ids for _, ex in exs for _ in range(K)], params, seed=seeds)
             roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]

@@ -134,3 +134,13 @@ def test_inverse_cdf_sampling_draws_the_distribution():
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
     # the ends of [0, 1): u = 0 gives the first token with p > 0, u -> 1 the last
     assert inverse_cdf_sample(torch.tensor([[0.0, 0.6, 0.4, 0.0]] * 2), torch.tensor([0.0, 0.9999999])).tolist() == [1, 2]
+
+
+def test_entropy_only_when_asked():
+    """Uniform logits over 11 tokens: each generated token's entropy is ln 11; without
+    return_entropy the engine does not compute it."""
+    eng = HFRolloutEngine(UniformModel(), pad_token_id=0, eos_token_id=None)
+    p = SamplingParams(max_new_tokens=4, temperature=1.0)
+    assert eng.generate([[1], [2, 3]], p, seed=0).entropy is None
+    out = eng.generate([[1], [2, 3]], SamplingParams(max_new_tokens=4, temperature=1.0, return_entropy=True), seed=0)
+    torch.testing.assert_close(out.entropy, torch.full((2, 4), torch.log(torch.tensor(11.0)).item()))

@@ -32,6 +32,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
+    return_entropy: bool = False
+    """Also return each generated token's entropy (RolloutOutput.entropy); costs one pass over the
+    vocabulary per token, so only the trainer's one-pass mode asks for it."""
 
 
 @dataclass
@@ -46,7 +49,8 @@ class RolloutOutput:
         padding. For greedy decoding, the log-probs of the untempered distribution.
     finished: (N,) bool, True where a stop token was generated within the budget.
     entropy: (N, T) float32 entropy of that same distribution at each generated
-        token, 0 on padding; None from an engine that does not give it.
+        token, 0 on padding; None unless SamplingParams.return_entropy (or from an
+        engine that does not give it).
     """
 
     response_ids: torch.Tensor

@@ -58,7 +58,7 @@ def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp(max=probs.shape[-1] - 1)
 
 
-def _forward_params(model):
+def forward_params(model):
     """Parameters of the model's forward (of the base model under a peft wrapper)."""
     import inspect
 
@@ -68,7 +68,7 @@ def _forward_params(model):
 
 def cache_kwarg_name(model) -> str:
     """Newer transformers name the KV-cache argument `cache`, older ones `past_key_values`."""
-    params = _forward_params(model)
+    params = forward_params(model)
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -88,7 +88,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 def keep_last_logits_kwarg(model) -> dict:
     """Ask the model for the last position's logits only, where it supports it."""
-    params = _forward_params(model)
+    params = forward_params(model)
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
@@ -124,7 +124,8 @@ class HFRolloutEngine:
         ]
         if not outs:
             empty = torch.zeros((0, 0), dtype=torch.long)
-            return RolloutOutput(empty, empty.clone(), empty.float(), torch.zeros(0, dtype=torch.bool), empty.float())
+            return RolloutOutput(empty, empty.clone(), empty.float(), torch.zeros(0, dtype=torch.bool),
+                                 empty.float() if params.return_entropy else None)
         width = max(o.response_ids.shape[1] for o in outs)
 
         def cat(name, fill):
@@ -140,7 +141,7 @@ class HFRolloutEngine:
             response_mask=cat("response_mask", 0),
             logprobs=cat("logprobs", 0.0),
             finished=torch.cat([o.finished for o in outs]),
-            entropy=cat("entropy", 0.0),
+            entropy=cat("entropy", 0.0) if params.return_entropy else None,
         )
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> RolloutOutput:
@@ -189,9 +190,10 @@ class HFRolloutEngine:
                     logprob_all = torch.log_softmax(logits, dim=-1)
                     nxt = logits.argmax(-1)
                 lp = logprob_all.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-                p_all = logprob_all.exp()
-                ent = -torch.where(p_all > 0, p_all * logprob_all, torch.zeros_like(p_all)).sum(-1)
-                ents.append(torch.where(alive, ent, torch.zeros_like(ent)))
+                if params.return_entropy:
+                    p_all = logprob_all.exp()
+                    ent = -torch.where(p_all > 0, p_all * logprob_all, torch.zeros_like(p_all)).sum(-1)
+                    ents.append(torch.where(alive, ent, torch.zeros_like(ent)))
                 nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_token_id))
                 tokens.append(nxt)
                 logps.append(torch.where(alive, lp, torch.zeros_like(lp)))
@@ -211,11 +213,12 @@ class HFRolloutEngine:
             model.train(was_training)
         if not tokens:
             empty = torch.zeros((n, 0), dtype=torch.long)
-            return RolloutOutput(empty, empty.clone(), empty.float(), finished.cpu(), empty.float())
+            return RolloutOutput(empty, empty.clone(), empty.float(), finished.cpu(),
+                                 empty.float() if params.return_entropy else None)
         return RolloutOutput(
             response_ids=torch.stack(tokens, 1).cpu(),
             response_mask=torch.stack(masks, 1).cpu(),
             logprobs=torch.stack(logps, 1).float().cpu(),
             finished=finished.cpu(),
-            entropy=torch.stack(ents, 1).float().cpu(),
+            entropy=torch.stack(ents, 1).float().cpu() if params.return_entropy else None,
         )
