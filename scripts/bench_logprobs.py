@@ -1,7 +1,7 @@
 """Peak extra memory and time of log-probs + entropy, forward and backward, for one sequence
 over a large vocabulary: srft's chunked path from hidden states (srft.chunked_logprobs)
-against the naive path (full logits, log_softmax, entropy), and TRL's chunked path when
-trl is installed and has one.
+against the naive path (full logits, log_softmax, entropy), and TRL's chunked path
+(trl.kernels.ChunkedLogProbFunction, as TRL's trainers call it) when trl is installed.
 
 Each (path, dtype, T) runs in a fresh process: inputs h (T, D) and W (V, D) are made,
 then forward + backward of sum(logp) + sum(H) runs twice; the table gives the second
@@ -58,6 +58,14 @@ def child(path: str, dtype: str, T: int, V: int, D: int, device: str) -> dict:
             lp = logp_all.gather(-1, y.unsqueeze(-1)).squeeze(-1)
             p = logp_all.exp()
             ent = -(p * logp_all).sum(-1)
+        elif path == "trl":
+            # TRL's chunked path as its trainers call it (trl.trainer.utils, fused_lm_head): the
+            # function ChunkedLogProbFunction over (hidden, weight) with its default vocabulary tile
+            from trl.kernels import ChunkedLogProbFunction
+            from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+            lp, ent, *_ = ChunkedLogProbFunction.apply(h, w, None, y, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                                                       ("entropy",))
         else:
             raise SystemExit(f"unknown path {path}")
         (lp.sum() + ent.sum()).backward()
@@ -97,12 +105,16 @@ def main() -> int:
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1], int(a.child[2]), a.V, a.D, a.child[3])))
         return 0
-    try:
-        import trl  # noqa: F401
+    if "trl" not in a.paths:
+        try:
+            from trl.kernels import ChunkedLogProbFunction  # noqa: F401
 
-        print("trl is installed, but this script has no adapter for its chunked path yet; not measured")
-    except ImportError:
-        print("trl is not installed: TRL's chunked path not measured")
+            a.paths.append("trl")
+            import trl
+
+            print(f"trl {trl.__version__}: its chunked path (trl.kernels.ChunkedLogProbFunction) measured too")
+        except ImportError:
+            print("trl (>= 1.16, with trl.kernels) is not installed: TRL's chunked path not measured")
     print(f"V = {a.V}, D = {a.D}, B = 1, device {a.device}; forward + backward of sum(log p) + sum(H)")
     print("| dtype | T | path | peak extra GiB | seconds | seconds / naive |")
     print("|---|---|---|---|---|---|")
@@ -126,7 +138,7 @@ def main() -> int:
                 res[path] = json.loads(r.stdout.strip().splitlines()[-1])
             for path, x in res.items():
                 ratio = f"{x['seconds'] / res['naive']['seconds']:.2f}" if "naive" in res else "-"
-                print(f"| {dtype} | {T} | {path} | {x['peak_gib']:.2f} | {x['seconds']:.1f} | {ratio} |", flush=True)
+                print(f"| {dtype} | {T} | {path} | {x['peak_gib']:.2f} | {x['seconds']:.3f} | {ratio} |", flush=True)
     return 0
 
 

@@ -17,7 +17,9 @@ input dtype. Backward recomputes them and uses
                                                -inf are floored at -1e30, so gradients stay finite)
 
 then dz/dh = W / tau, dz/dW = h / tau. Gradients reach h, W and b; W's gradient is
-accumulated in float32 over the chunks and cast to W's dtype once. Peak extra memory
+accumulated in float32 over the chunks and cast to W's dtype once (on a GPU with bfloat16 or
+float16 weights its products take the chunk's logit gradient in that dtype, on the tensor cores,
+summed in float32, as TRL's chunked path does). Peak extra memory
 is a few (chunk, V) float32 buffers plus W's float32 gradient, independent of N. The
 matmuls run in the inputs' dtype (bfloat16 logits are rounded as the model's own
 output layer rounds them), the softmax statistics in float32.
@@ -55,6 +57,21 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if inv_tau != 1.0:
         z *= inv_tau
     return z.clamp_(min=-1e30)
+
+
+def _add_weight_grad(acc: torch.Tensor, gz: torch.Tensor, h: torch.Tensor, w_dtype: torch.dtype) -> None:
+    """acc += gz^T h, acc float32 (V, D). With bfloat16/float16 weights on a GPU the product runs
+    on the tensor cores from gz and h in that dtype and is summed in float32 (`out_dtype`, torch
+    >= 2.8, CUDA only); elsewhere it is a float32 product. On an H100 the path with this product in
+    float32 took 2.5x the naive path's time in bfloat16 (1.6x in float32); the time with this
+    change has not been measured on a GPU yet."""
+    if acc.device.type == "cuda" and w_dtype in (torch.bfloat16, torch.float16):
+        try:
+            torch.addmm(acc, gz.t().to(w_dtype), h.to(w_dtype), out_dtype=acc.dtype, out=acc)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without out_dtype
+            pass
+    acc.addmm_(gz.t(), h.to(acc.dtype))
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -122,7 +139,7 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
                 if need_h:
                     grad_h[s:e] = (gz.to(weight.dtype) @ weight).to(hidden.dtype)
                 if need_w:
-                    grad_w.addmm_(gz.t(), hidden[s:e].to(acc))
+                    _add_weight_grad(grad_w, gz, hidden[s:e], weight.dtype)
                 if need_b:
                     grad_b += gz.sum(0)
                 del gz

@@ -97,6 +97,9 @@ class RolloutConfig:
     """Response budget in tokens."""
     batch_size: int = 512
     """Sequences generated at once (in each process)."""
+    ignore_eos: bool = False
+    """Generate exactly max_new_tokens per response, past EOS (vLLM's ignore_eos; TRL's
+    generation_kwargs min_new_tokens): for speed benchmarks on equal work only."""
 
 
 @dataclass
@@ -192,6 +195,10 @@ class TrainConfig:
     """Passes over each rollout batch."""
     micro_batch_size: int = 128
     """Sequences per forward/backward in each process (gradient accumulation inside a mini-batch)."""
+    micro_batch_grouping: str = "length"
+    """How samples are put into micro-batches: "length" sorts them by response then prompt length
+    first, so short rollouts are not padded to the longest demonstration (the loss is unchanged: its
+    normalisers are counts over the whole batch); "none" keeps the order of the groups."""
     seed: int = 0
     eval_every: int = 25
     """Evaluate every N steps (0: only before and after)."""
@@ -237,7 +244,7 @@ class EvalConfig:
     max_new_tokens: int = 48
     batch_size: int = 512
     limit: Optional[int] = None
-    """Evaluate on the first N problems of each set."""
+    """Evaluate on the first N problems of each set; 0: no evaluation before or after training."""
 
 
 @dataclass
@@ -284,6 +291,8 @@ class Config:
                              f"({t.prompts_per_step})")
         if t.micro_batch_size < 1:
             raise ValueError("train.micro_batch_size must be >= 1")
+        if t.micro_batch_grouping not in ("length", "none"):
+            raise ValueError(f"train.micro_batch_grouping must be 'length' or 'none', got {t.micro_batch_grouping!r}")
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]

@@ -181,7 +181,8 @@ def reduce_entropy(
     if granularity == "batch":
         if batch_value is None:
             batch_value = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
-        return torch.as_tensor(batch_value, dtype=entropy.dtype).detach().expand_as(entropy)
+        batch_value = torch.as_tensor(batch_value, dtype=entropy.dtype, device=entropy.device)
+        return batch_value.detach().expand_as(entropy)
     raise ValueError(f"unknown entropy granularity {granularity!r}; known: {ENTROPY_GRANULARITIES}")
 
 
@@ -257,10 +258,12 @@ def aggregate(
     mask = mask.to(per_token.dtype)
     masked = per_token * mask
     if mode == "token-mean":
-        denom = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=per_token.dtype)
+        denom = (mask.sum() if num_tokens is None
+                 else torch.as_tensor(num_tokens, dtype=per_token.dtype, device=per_token.device))
         return masked.sum() / denom.clamp(min=1.0)
     seq_has = (mask.sum(-1) > 0).to(per_token.dtype)
-    n_seqs = seq_has.sum() if num_seqs is None else torch.as_tensor(num_seqs, dtype=per_token.dtype)
+    n_seqs = (seq_has.sum() if num_seqs is None
+              else torch.as_tensor(num_seqs, dtype=per_token.dtype, device=per_token.device))
     n_seqs = n_seqs.clamp(min=1.0)
     if mode == "seq-mean-token-mean":
         per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)

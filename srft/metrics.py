@@ -51,6 +51,8 @@ METRICS: dict[str, str] = {
     "throughput/train_tokens_per_s": "prompt+response tokens through forward/backward / time/update",
     "throughput/tokens_per_s": "(generated + trained tokens) / time/step",
     "optim/lr": "learning rate used at this step",
+    "train/pad_fraction": "1 - real tokens / padded (B x T) positions over the update's micro-batches "
+                          "(train.micro_batch_grouping lowers it)",
     "memory/peak_allocated_gib": "peak GPU memory allocated by torch during the step, GiB, max over ranks (GPU runs only)",
     "dist/world_size": "number of training processes (ranks); every other metric is over all of them",
     "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",

@@ -352,6 +352,8 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _eval_sets(self):
+        if self.cfg.eval.limit == 0:
+            return {}
         if self.cfg.data.dataset == "testbed":
             from srft.evaluation import testbed_eval_sets
 
@@ -372,7 +374,7 @@ class Trainer:
         if K > 0:
             self.engine.sync_weights(self.unwrapped)
             params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                                    return_entropy=self.one_pass)
+                                    ignore_eos=cfg.rollout.ignore_eos, return_entropy=self.one_pass)
             seeds = [derive_seed(cfg.train.seed, "rollout", self.step, g * K + k) for g, _ in exs for k in range(K)]
             out = self.engine.generate([ex.prompt_ids for _, ex in exs for _ in range(K)], params, seed=seeds)
             roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]
@@ -444,7 +446,12 @@ class Trainer:
                 f.write(json.dumps({"step": self.step + 1, "samples": rows}) + "\n")
 
     def _micro_batches(self, samples: list[Sample]):
+        """Chunks of train.micro_batch_size samples; with train.micro_batch_grouping "length", of
+        samples of similar lengths (sorted by response, then prompt length), so that little of each
+        padded (B, T) batch is padding. As many chunks as before on every rank, whatever the lengths."""
         mb = self.cfg.train.micro_batch_size
+        if self.cfg.train.micro_batch_grouping == "length":
+            samples = sorted(samples, key=lambda s: (len(s.response_ids), len(s.prompt_ids)))
         for i in range(0, len(samples), mb):
             yield samples[i : i + mb]
 
@@ -483,7 +490,7 @@ class Trainer:
         groups = sorted({s.group for s in samples})  # this rank's share of every mini-batch is contiguous here
         per_mb = len(groups) // cfg.train.mini_batches
         sums: dict[str, float] = {}
-        n_updates, grad_norms, skipped, trained_tokens = 0, [], 0, 0
+        n_updates, grad_norms, skipped, trained_tokens, padded_tokens = 0, [], 0, 0, 0
         demo_h = [0.0, 0.0]  # entropy sum and token count over demonstrations (one-pass mode)
         entropy_grad = cfg.objective.entropy_bonus > 0
         max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
@@ -512,6 +519,7 @@ class Trainer:
                         loss, mets = compute_loss(x, norms, cfg.objective)
                         acc.backward(loss * scale)
                     trained_tokens += int(batch["attention_mask"].sum())
+                    padded_tokens += batch["attention_mask"].numel()
                     if one_pass:
                         dmask = batch["mask"].to(ent.device) * batch["is_demo"].to(ent.device).unsqueeze(-1)
                         demo_h[0] += float((ent.detach() * dmask).sum())
@@ -538,8 +546,9 @@ class Trainer:
         out["policy/grad_norm"] = _mean(grad_norms)
         out["optim/skipped_updates"] = float(skipped)
         out["time/update"] = time.perf_counter() - t0
-        tokens, h_sum, h_n = self.dist.sum([trained_tokens, *demo_h])
+        tokens, padded, h_sum, h_n = self.dist.sum([trained_tokens, padded_tokens, *demo_h])
         out["_train_tokens"] = tokens
+        out["train/pad_fraction"] = 1.0 - _ratio(tokens, padded) if padded else 0.0
         out["_demo_entropy"] = _ratio(h_sum, h_n)
         return out
 

@@ -231,6 +231,17 @@ def test_reduce_entropy_batch_and_override():
     assert_close(reduce_entropy(ent, mask, "batch", batch_value=0.7), torch.full((3, 3), 0.7), **TOL)
 
 
+def test_scalars_given_as_numbers_follow_the_tensors_device():
+    """A batch entropy or a global count passed as a number lands on the tensors' device (found on a
+    GPU: a CPU tensor broadcast against CUDA ones stopped every run; the meta device shows it here)."""
+    ent = torch.zeros(3, 3, device="meta")
+    mask = torch.ones(3, 3, device="meta")
+    assert reduce_entropy(ent, mask, "batch", batch_value=0.7).device == ent.device
+    for mode in ("token-mean", "token-sum-norm", "seq-mean-token-mean"):
+        out = aggregate(ent, mask, mode, num_tokens=9.0, num_seqs=3.0, max_len=3)
+        assert out.device == ent.device, mode
+
+
 def test_reduce_entropy_unknown_granularity():
     with pytest.raises(ValueError):
         reduce_entropy(t(ENT), t(ENT_MASK), "prompt")

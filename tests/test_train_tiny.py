@@ -188,3 +188,20 @@ def test_several_mini_batches_keep_the_pi_old_pass(tiny_model_dir, tmp_path):
     Trainer(tiny_cfg(tiny_model_dir, tmp_path / "run", **{"train.mini_batches": 2}), log=logs.append)
     assert any("separate no-grad pass before the update (train.mini_batches or train.epochs_per_batch > 1" in str(x)
                for x in logs)
+
+
+def test_length_grouped_micro_batches_change_padding_not_the_update(tiny_model_dir, tmp_path):
+    """Micro-batches of samples sorted by length (train.micro_batch_grouping "length") pad less and
+    give the loss and gradients of the groups' own order: the normalisers are whole-batch counts."""
+    over = {"data.dataset": "testbed", "train.prompts_per_step": 4, "train.micro_batch_size": 4,
+            "rollout.max_new_tokens": 12}
+    m1, g1, _ = first_update(tiny_cfg(tiny_model_dir, tmp_path / "len", **over))
+    m2, g2, _ = first_update(tiny_cfg(tiny_model_dir, tmp_path / "none", **over,
+                                      **{"train.micro_batch_grouping": "none"}))
+    assert 0 <= m1["train/pad_fraction"] < m2["train/pad_fraction"] < 1
+    for k in ("loss/total", "loss/sft_demo", "loss/rl_demo", "loss/rl_self", "weight/sft", "weight/rl",
+              "entropy/rollout", "entropy/demo"):
+        assert m1[k] == pytest.approx(m2[k], rel=1e-5, abs=1e-6), k
+    assert set(g1) == set(g2) and g1
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)

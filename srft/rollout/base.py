@@ -32,6 +32,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    """Generate exactly max_new_tokens per response, stop tokens included (vLLM's ignore_eos):
+    for benchmarks that must do equal work, never for training a real run."""
     return_entropy: bool = False
     """Also return each generated token's entropy (RolloutOutput.entropy); costs one pass over the
     vocabulary per token, so only the trainer's one-pass mode asks for it."""

@@ -159,7 +159,7 @@ class HFRolloutEngine:
             input_ids[i, plen - len(p) :] = torch.tensor(p, dtype=torch.long)
             attn[i, plen - len(p) :] = 1
         input_ids, attn = input_ids.to(device), attn.to(device)
-        stops = set(params.stop_token_ids) or set(self.stop_ids)
+        stops = set() if params.ignore_eos else (set(params.stop_token_ids) or set(self.stop_ids))
         stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         sampling = bool(params.temperature and params.temperature > 0)
         uniforms = row_uniforms(seeds, params.max_new_tokens, device) if sampling else None
