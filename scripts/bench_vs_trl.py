@@ -6,8 +6,8 @@ Equal work means the same number of generated tokens: every response is exactly
 --max-new-tokens long in all three (TRL: `generation_kwargs={"min_new_tokens": L}`; srft:
 `--rollout.ignore_eos true`). Both get the same prompt text (the testbed's training rows written to
 one JSONL file, no chat template, no system prompt), the testbed's reward, one optimiser step per
-rollout batch, no KL term and no reference model, all P x K sequences of a step in one
-forward/backward, and the same dtype, seed and learning rate. SRFT's group is K - 1 rollouts + 1
+rollout batch, no KL term and no reference model, the same micro-batch size (--micro-batch;
+TRL accumulates gradients over P x K / micro-batch of them), dtype, seed and learning rate. SRFT's group is K - 1 rollouts + 1
 demonstration, so it generates (K - 1)/K of the tokens and trains on the demonstrations too: it
 is compared with srft-grpo per trained token.
 
@@ -47,7 +47,7 @@ def trl_child(a, data: Path, out: Path) -> None:
     cuda = torch.cuda.is_available()
     cfg = GRPOConfig(
         output_dir=str(out.parent / "trl-out"), max_steps=a.steps, learning_rate=a.lr, seed=0,
-        per_device_train_batch_size=a.prompts * a.group, gradient_accumulation_steps=1,
+        per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=a.prompts * a.group // a.micro_batch,
         num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=a.temperature, top_p=1.0,
         generation_kwargs={"min_new_tokens": a.max_new_tokens}, beta=0.0, num_iterations=1,
         logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda,
@@ -98,9 +98,11 @@ def srft_rows(run: Path) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="testbed", help="a model folder, or 'testbed' (the built-in base model)")
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per step (P)")
+    ap.add_argument("--prompts", type=int, default=32, help="prompts per step (P; the main job: 32)")
     ap.add_argument("--group", type=int, default=8, help="responses per prompt (K)")
-    ap.add_argument("--max-new-tokens", type=int, default=40, help="every response's length (L)")
+    ap.add_argument("--max-new-tokens", type=int, default=40, help="every response's length (L; the main job: at most 40)")
+    ap.add_argument("--micro-batch", type=int, default=0,
+                    help="sequences per forward/backward (0: all P x K at once); TRL accumulates P x K / this")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-6)
@@ -108,6 +110,9 @@ def main() -> int:
     ap.add_argument("--runs", nargs="+", default=["trl", "srft-grpo", "srft"])
     ap.add_argument("--trl-child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    a.micro_batch = a.micro_batch or a.prompts * a.group
+    if (a.prompts * a.group) % a.micro_batch:
+        ap.error("--micro-batch must divide prompts x group")
     if a.model == "testbed":
         from srft.testbed.base_model import ensure_base_model
 
@@ -135,7 +140,7 @@ def main() -> int:
                   "--data.chat_template", "none", "--data.system_prompt", "none", "--max-steps", str(a.steps),
                   "--train.prompts_per_step", str(P), "--rollout.max_new_tokens", str(L), "--rollout.ignore_eos",
                   "true", "--rollout.temperature", str(a.temperature), "--rollout.top_p", "1.0",
-                  "--train.micro_batch_size", str(P * K), "--optim.lr", str(a.lr), "--model.dtype", a.dtype,
+                  "--train.micro_batch_size", str(a.micro_batch), "--optim.lr", str(a.lr), "--model.dtype", a.dtype,
                   "--eval.limit", "0", "--train.save_every", "0", "--train.eval_every", "0", "--train.overwrite", "true"]
         for run in a.runs:
             t0 = time.time()
@@ -143,7 +148,8 @@ def main() -> int:
                 out = Path(tmp) / "trl.jsonl"
                 cmd = [sys.executable, __file__, "--model", a.model, "--prompts", str(P), "--group", str(K),
                        "--max-new-tokens", str(L), "--steps", str(a.steps), "--temperature", str(a.temperature),
-                       "--lr", str(a.lr), "--dtype", a.dtype, "--trl-child", str(data), str(out)]
+                       "--lr", str(a.lr), "--dtype", a.dtype, "--micro-batch", str(a.micro_batch),
+                       "--trl-child", str(data), str(out)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode != 0:
                     print(f"trl run failed:\n{r.stderr[-3000:]}")
@@ -165,8 +171,9 @@ def main() -> int:
             mean["wall"] = time.time() - t0
             results[run] = mean
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    print(f"model {a.model}; {P} prompts x {K} responses of exactly {L} tokens per step, temperature "
-          f"{a.temperature}, {a.dtype}, {dev}, {torch.get_num_threads()} threads; mean of steps 2..{a.steps}")
+    print(f"model {a.model}; {P} prompts x {K} responses of exactly {L} tokens per step, micro-batches of "
+          f"{a.micro_batch}, temperature {a.temperature}, {a.dtype}, {dev}, {torch.get_num_threads()} threads; "
+          f"mean of steps 2..{a.steps}")
     print("| run | step s | rollout s | reward s | pi_old s | update s | generated tok/step | trained tok/step | "
           "step / TRL's |")
     print("|---|---|---|---|---|---|---|---|---|")

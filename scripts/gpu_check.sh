@@ -13,6 +13,8 @@
 #      peak GPU memory, step time, time split
 #   6. only with MODEL=DIR (a prepared SmolLM2-135M: `srft prepare-model smollm2-135m`): SRFT on CHAMP,
 #      and with 2+ GPUs DDP and FSDP2 (with a resume)
+#   7. only where vLLM is installed: rollout tokens/s of the HF and vLLM engines on the Qwen2.5-0.5B-shaped
+#      model (scripts/bench_rollout.py), and the testbed main job's first steps with --rollout.engine vllm
 # A failed section is reported and the next one runs; the exit status is 1 if any failed.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]            # about 7 minutes on one H100
@@ -23,7 +25,7 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 OUT=${1:-runs/gpu_check}
 STEPS=${STEPS:-8}
-SECTIONS=${SECTIONS:-"1 2 3 4 5 6"}
+SECTIONS=${SECTIONS:-"1 2 3 4 5 6 7"}
 BIG_TOKENS=${BIG_TOKENS:-1024}
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -147,6 +149,16 @@ if want 6 && [ -n "${MODEL:-}" ]; then
     RUNS+=("$OUT/smol-ddp2" "$OUT/smol-fsdp2")
   fi
   summary "${RUNS[@]}"
+fi
+
+if want 7 && "$PY" -c "import vllm" >/dev/null 2>&1; then
+  step "7. vLLM: rollout tokens/s against the HF engine, then SRFT on the testbed with vLLM rollouts"
+  SHAPE=$OUT/shape-qwen2.5-0.5b
+  [ -f "$SHAPE/config.json" ] || try 7 "$PY" scripts/make_shape_model.py --shape qwen2.5-0.5b --output-dir "$SHAPE"
+  try 7 "$PY" scripts/bench_rollout.py --model "$SHAPE" --dtype bfloat16 --prompts 64 --max-new-tokens 512
+  try 7 "$PY" -m srft.cli train --rollout.engine vllm --max-steps "$STEPS" --eval.limit 0 --train.save_every 0 \
+      --output-dir "$OUT/testbed-vllm" --train.overwrite true
+  summary "$OUT/testbed-vllm"
 fi
 
 echo

@@ -85,7 +85,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """Rollout engine: "hf" (transformers, KV cache)."""
+    """Rollout engine: "hf" (transformers, KV cache, the trainer's own model) or "vllm" (vllm.LLM in
+    the trainer's process, weights synced in memory every step; the optional extra srft[vllm])."""
     n_rollouts: int = 7
     """On-policy samples per prompt (the paper's script: 7, plus 1 demonstration)."""
     n_demos: int = 1
@@ -100,6 +101,29 @@ class RolloutConfig:
     ignore_eos: bool = False
     """Generate exactly max_new_tokens per response, past EOS (vLLM's ignore_eos; TRL's
     generation_kwargs min_new_tokens): for speed benchmarks on equal work only."""
+    is_correction: str = "auto"
+    """Sampler/trainer mismatch correction of the on-policy term: "tis" multiplies each rollout
+    token's term by min(exp(log pi_old - log mu), rollout.is_cap) (srft.losses.truncated_is_weight,
+    mu: the sampler's log-prob); "none"; "auto": tis for the vllm engine, none for hf (which samples
+    from the trainer's own model). The gap is logged either way (rollout/logprob_gap)."""
+    is_cap: float = 2.0
+    """C of the truncated importance weight (verl's tis_imp_ratio_cap: 2; TRL: 3)."""
+    vllm_gpu_memory_utilization: Optional[float] = None
+    """vllm engine: share of the GPU's memory vLLM may take (weights + KV cache); the rest is the trainer's.
+    None: 0.5 on a GPU; on a CPU, where vLLM reads it as the share of RAM its process may use (model,
+    trainer and KV cache together), 0.3."""
+    vllm_tensor_parallel_size: int = 1
+    vllm_enable_sleep_mode: bool = False
+    """vllm engine: release the KV cache during the update (LLM.sleep(level=1)), take it back to generate."""
+    vllm_max_model_len: Optional[int] = None
+    """vllm engine: longest prompt + response; None: the model's."""
+    vllm_dtype: str = "auto"
+    """vllm engine: "auto" = the trainer's model dtype, or float32 / bfloat16 / float16."""
+    vllm_enforce_eager: bool = True
+    """vllm engine: no CUDA graphs (slower decoding, faster start-up and less memory)."""
+    vllm_sync_tol: float = 0.05
+    """vllm engine: after each weight sync, vLLM's log-probs of a fixed probe sequence must match the
+    trainer model's within this (max absolute difference, nats), else the run stops with an error."""
 
 
 @dataclass
@@ -291,6 +315,18 @@ class Config:
                              f"({t.prompts_per_step})")
         if t.micro_batch_size < 1:
             raise ValueError("train.micro_batch_size must be >= 1")
+        if r.engine not in ("hf", "vllm"):
+            raise ValueError(f"rollout.engine: unknown engine {r.engine!r}; known: ['hf', 'vllm']")
+        if r.engine == "vllm":
+            from srft.rollout import VLLM_MISSING
+            from srft.rollout.vllm_engine import vllm_available
+
+            if not vllm_available():
+                raise ValueError(VLLM_MISSING)
+        if r.is_correction not in ("auto", "none", "tis"):
+            raise ValueError(f"rollout.is_correction must be 'auto', 'none' or 'tis', got {r.is_correction!r}")
+        if not r.is_cap > 0:
+            raise ValueError(f"rollout.is_cap must be > 0, got {r.is_cap}")
         if t.micro_batch_grouping not in ("length", "none"):
             raise ValueError(f"train.micro_batch_grouping must be 'length' or 'none', got {t.micro_batch_grouping!r}")
 

@@ -29,6 +29,12 @@ Functions and the equations they compute
 - `group_advantages`: A_k = (R_k - mean(G)) / std(G) over a group G that may mix
   on-policy rollouts and demonstrations (G_aug in the paper); the std division is
   optional (LUFFY omits it); a group whose rewards are all equal gives A = 0.
+- `truncated_is_weight`: w_t = min(exp(log pi_old(y_t) - log mu(y_t)), C), detached: the
+  truncated importance-sampling correction (TIS; Yao et al. 2025, as in verl and TRL) of
+  the on-policy term for the gap between the sampler's log-probs mu (vLLM) and the
+  trainer's pi_old on the same tokens. Not in the SRFT paper.
+- `logprob_gap`: the sampler/trainer mismatch metrics: mean |log pi_old - log mu| and the
+  largest per-token ratio exp(log pi_old - log mu) over the masked tokens.
 - `aggregate`: the one loss-aggregation function shared by every term:
   "token-mean", "seq-mean-token-mean", "token-sum-norm" (sum / (n_seqs * L_max),
   LUFFY / Dr. GRPO). Normalisers are passed in as *global* counts so that the
@@ -125,6 +131,36 @@ def clipped_surrogate(
     loss = -torch.minimum(unclipped, clipped)
     was_clipped = (clipped < unclipped).float().detach()
     return loss, ratio.detach(), was_clipped
+
+
+def truncated_is_weight(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
+    """Per-token truncated importance weight of a rollout token sampled by another engine:
+
+        w_t = min(exp(log pi_old(y_t) - log mu(y_t)), cap)
+
+    pi_old: the trainer's log-prob of the token under the weights that sampled it; mu: the
+    sampler's own log-prob (vLLM's kernels and precision differ from the trainer's). The
+    on-policy term is multiplied by w_t, which makes its gradient an estimate under pi_old
+    rather than mu, with the variance bounded by `cap` (TIS, Yao et al. 2025; verl's
+    `tis_imp_ratio_cap`, TRL's `vllm_importance_sampling_mode="token_truncate"`). Detached;
+    NaN or -inf inputs (padding) give weight 0, so mask before use anyway.
+    """
+    if cap <= 0:
+        raise ValueError(f"truncated_is_weight: cap must be > 0, got {cap}")
+    w = torch.exp((old_logprobs - sampler_logprobs).detach().float()).clamp(max=cap)
+    return torch.nan_to_num(w, nan=0.0, posinf=cap).to(old_logprobs.dtype)
+
+
+def logprob_gap(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampler/trainer mismatch over the masked tokens: (sum |log pi_old - log mu|, token count,
+    max exp(log pi_old - log mu)); sums and counts so that the mean is global over micro-batches
+    and processes. Detached. With no masked token the max is 0."""
+    m = mask.bool()
+    d = (old_logprobs - sampler_logprobs).detach().float()
+    d = torch.where(m, d, torch.zeros_like(d))
+    ratio_max = torch.where(m, d.exp(), torch.zeros_like(d)).max() if m.any() else d.new_zeros(())
+    return d.abs().sum(), m.sum().to(d.dtype), ratio_max
 
 
 def off_policy_demo_term(

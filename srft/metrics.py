@@ -42,7 +42,10 @@ METRICS: dict[str, str] = {
     "response_length/max": "longest rollout in tokens",
     "response_length/clip_ratio": "share of rollouts that hit rollout.max_new_tokens without EOS",
     "response_length/demo": "mean demonstration length in tokens (EOS included)",
-    "time/rollout": "seconds generating rollouts (time/* are the main process's; all ranks wait for each other)",
+    "time/rollout": "seconds generating rollouts, the weight sync included (time/* are the main process's; all ranks "
+                    "wait for each other)",
+    "time/weight_sync": "seconds making the rollout engine sample from the current weights (0 for hf, which shares the "
+                        "trainer's model; vllm: in-memory load plus the probe check)",
     "time/reward": "seconds scoring rollouts and demonstrations",
     "time/old_logprob": "seconds in the no-grad pass giving pi_old and the entropies (0 in one-pass on-policy mode)",
     "time/update": "seconds in forward/backward/optimiser steps",
@@ -51,6 +54,13 @@ METRICS: dict[str, str] = {
     "throughput/train_tokens_per_s": "prompt+response tokens through forward/backward / time/update",
     "throughput/tokens_per_s": "(generated + trained tokens) / time/step",
     "optim/lr": "learning rate used at this step",
+    "rollout/logprob_gap": "mean over rollout tokens of |log pi_old - log mu| (mu: the rollout engine's own log-prob of the "
+                           "sampled token; pi_old: the trainer's, before the update)",
+    "rollout/max_ratio": "max over rollout tokens (all processes) of exp(log pi_old - log mu)",
+    "rollout/is_weight_mean": "mean over rollout tokens of the truncated importance weight min(exp(log pi_old - log mu), "
+                              "rollout.is_cap) (only with rollout.is_correction on)",
+    "rollout/sync_check_gap": "vllm engine: max |log-prob difference| between vLLM and the trainer on a fixed probe "
+                              "sequence right after the step's weight sync (must stay under rollout.vllm_sync_tol)",
     "train/pad_fraction": "1 - real tokens / padded (B x T) positions over the update's micro-batches "
                           "(train.micro_batch_grouping lowers it)",
     "memory/peak_allocated_gib": "peak GPU memory allocated by torch during the step, GiB, max over ranks (GPU runs only)",

@@ -30,6 +30,11 @@ Choices where the paper is silent (each is an option of ObjectiveConfig):
   all tokens, as LUFFY's script (verl's `agg_loss(entropy, response_mask,
   loss_agg_mode)`) does: a token mean under token-mean, sum H / (N_seqs * L_max)
   under token-sum-norm. 0 by default (LUFFY's script: 0.001).
+
+Not in the paper: when the rollouts come from another engine (vLLM), `LossInputs.is_weight`
+multiplies L_RL_self per token by the truncated importance weight
+min(exp(log pi_old - log mu), C) of `srft.losses.truncated_is_weight` (mu: the sampler's
+log-prob; `rollout.is_correction`), the correction verl and TRL apply to vLLM rollouts.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class LossInputs:
     advantages: torch.Tensor
     mask: torch.Tensor
     is_demo: torch.Tensor
+    is_weight: Optional[torch.Tensor] = None
+    """(B, T) detached importance weights of the on-policy term (`srft.losses.truncated_is_weight`:
+    sampler/trainer mismatch correction); None: 1."""
 
 
 @dataclass
@@ -143,6 +151,10 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, 
         w_rl = _weight(H, cfg.w_rl, cfg.w_rl_coef, cfg.w_rl_sign)
         positive = (x.advantages > 0).to(mask.dtype).unsqueeze(-1)
         w_tok = positive * w_rl + (1 - positive)
+        if x.is_weight is not None:
+            w_is = torch.where(roll_mask > 0, x.is_weight, torch.zeros_like(x.is_weight))
+            w_tok = w_tok * w_is
+            metrics["rollout/is_weight_mean"] = token_mean(w_is, roll_mask, norms.rollout_tokens)
         terms["rl_self"] = agg(w_tok * per_tok, "roll")
         metrics["weight/rl"] = token_mean(w_rl, roll_mask, norms.rollout_tokens)
         metrics["policy/clip_frac"] = token_mean(clipped, roll_mask, norms.rollout_tokens)

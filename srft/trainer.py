@@ -96,6 +96,7 @@ class Sample:
     advantage: float = 0.0
     old_logprobs: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
+    sampler_logprobs: Optional[torch.Tensor] = None  # the rollout engine's own log-probs (rollouts only)
 
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
@@ -158,6 +159,7 @@ def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[s
     resp = torch.full((n, lr), pad_id, dtype=torch.long)
     mask = torch.zeros((n, lr))
     old = torch.zeros((n, lr))
+    sampler = torch.zeros((n, lr))
     for i, s in enumerate(samples):
         p, r = s.prompt_ids, s.response_ids
         input_ids[i, lp - len(p) : lp] = torch.tensor(p, dtype=torch.long)
@@ -168,10 +170,12 @@ def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[s
             mask[i, : len(r)] = 1
             if with_old and s.old_logprobs is not None:
                 old[i, : len(r)] = s.old_logprobs
+            if s.sampler_logprobs is not None:
+                sampler[i, : len(r)] = s.sampler_logprobs
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     return {
         "input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids,
-        "response_ids": resp, "mask": mask, "old_logprobs": old,
+        "response_ids": resp, "mask": mask, "old_logprobs": old, "sampler_logprobs": sampler,
         "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
         "is_demo": torch.tensor([s.is_demo for s in samples], dtype=torch.bool),
     }
@@ -251,6 +255,11 @@ class Trainer:
         from srft.rollout import make_engine
 
         self.engine = make_engine(cfg.rollout.engine, self.unwrapped, self.tokenizer, cfg.rollout)
+        corr = cfg.rollout.is_correction
+        self.is_correction = corr == "tis" or (corr == "auto" and cfg.rollout.engine != "hf")
+        if self.is_correction:
+            self.log(f"[srft] on-policy term corrected for the sampler/trainer gap: truncated importance weights "
+                     f"min(pi_old / mu, {cfg.rollout.is_cap:g}) (rollout.is_correction)")
         if self.dist.lockstep_generation and hasattr(self.engine, "lockstep"):
             self.engine.lockstep = self.dist.all
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
@@ -271,6 +280,8 @@ class Trainer:
             return False, "train.old_logprob_pass is always"
         if t.mini_batches > 1 or t.epochs_per_batch > 1:
             return False, "train.mini_batches or train.epochs_per_batch > 1: several updates per rollout batch"
+        if r.engine == "vllm":
+            return False, "the vllm engine returns no entropies, and its log-probs are another engine's"
         needs_batch_h = o.entropy_granularity == "batch" and ((o.sft_demo and o.w_sft == "entropy") or
                                                               (o.rl_self and o.w_rl == "entropy"))
         if needs_batch_h and r.n_rollouts == 0:
@@ -370,9 +381,13 @@ class Trainer:
         exs = [(g, self.examples[idx[g]]) for g in mine]
         timings = {}
         t0 = time.perf_counter()
-        roll_ids, roll_ent, finished = [], [], []
+        roll_ids, roll_ent, roll_lp, finished = [], [], [], []
         if K > 0:
+            t_sync = time.perf_counter()
             self.engine.sync_weights(self.unwrapped)
+            timings["time/weight_sync"] = time.perf_counter() - t_sync
+            if math.isfinite(getattr(self.engine, "last_sync_gap", float("nan"))):
+                timings["rollout/sync_check_gap"] = self.engine.last_sync_gap
             params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                                     ignore_eos=cfg.rollout.ignore_eos, return_entropy=self.one_pass)
             seeds = [derive_seed(cfg.train.seed, "rollout", self.step, g * K + k) for g, _ in exs for k in range(K)]
@@ -380,6 +395,7 @@ class Trainer:
             roll_ids = [ids[m.bool()].tolist() for ids, m in zip(out.response_ids, out.response_mask)]
             roll_ent = ([e[m.bool()] for e, m in zip(out.entropy, out.response_mask)] if out.entropy is not None
                         else [None] * len(roll_ids))
+            roll_lp = [lp[m.bool()] for lp, m in zip(out.logprobs, out.response_mask)]
             finished = out.finished.tolist()
         timings["time/rollout"] = time.perf_counter() - t0
 
@@ -388,7 +404,8 @@ class Trainer:
         for a, (g, ex) in enumerate(exs):
             for k in range(K):
                 ids = roll_ids[a * K + k]
-                samples.append(Sample(g, ex.prompt_ids, ids, False, entropy=roll_ent[a * K + k]))
+                samples.append(Sample(g, ex.prompt_ids, ids, False, entropy=roll_ent[a * K + k],
+                                      sampler_logprobs=roll_lp[a * K + k]))
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
                 prompts.append(ex.prompt)
                 col_rows.append(ex)
@@ -492,10 +509,11 @@ class Trainer:
         sums: dict[str, float] = {}
         n_updates, grad_norms, skipped, trained_tokens, padded_tokens = 0, [], 0, 0, 0
         demo_h = [0.0, 0.0]  # entropy sum and token count over demonstrations (one-pass mode)
+        gap = [0.0, 0.0, 0.0]  # sampler/trainer: sum |log pi_old - log mu|, tokens, max ratio (first epoch)
         entropy_grad = cfg.objective.entropy_bonus > 0
         max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
         scale = float(self.dist.world)  # the engines average gradients over ranks; the loss is a global sum
-        for _ in range(cfg.train.epochs_per_batch):
+        for epoch in range(cfg.train.epochs_per_batch):
             for m in range(cfg.train.mini_batches):
                 chosen = set(groups[m * per_mb : (m + 1) * per_mb])
                 mini = [s for s in samples if s.group in chosen]
@@ -514,8 +532,14 @@ class Trainer:
                         lp, ent = self.scorer(batch, entropy_grad=entropy_grad)
                         dev = lp.device
                         old = lp.detach() if one_pass else batch["old_logprobs"].to(dev)
-                        x = LossInputs(lp, ent, old, batch["advantages"].to(dev), batch["mask"].to(dev),
-                                       batch["is_demo"].to(dev))
+                        mask, is_demo = batch["mask"].to(dev), batch["is_demo"].to(dev)
+                        mu = batch["sampler_logprobs"].to(dev)
+                        if epoch == 0:
+                            roll = mask * (~is_demo).to(mask.dtype).unsqueeze(-1)
+                            g_sum, g_n, g_max = L.logprob_gap(old, mu, roll)
+                            gap[0], gap[1], gap[2] = gap[0] + float(g_sum), gap[1] + float(g_n), max(gap[2], float(g_max))
+                        w_is = L.truncated_is_weight(old, mu, cfg.rollout.is_cap) if self.is_correction else None
+                        x = LossInputs(lp, ent, old, batch["advantages"].to(dev), mask, is_demo, w_is)
                         loss, mets = compute_loss(x, norms, cfg.objective)
                         acc.backward(loss * scale)
                     trained_tokens += int(batch["attention_mask"].sum())
@@ -546,7 +570,11 @@ class Trainer:
         out["policy/grad_norm"] = _mean(grad_norms)
         out["optim/skipped_updates"] = float(skipped)
         out["time/update"] = time.perf_counter() - t0
-        tokens, padded, h_sum, h_n = self.dist.sum([trained_tokens, padded_tokens, *demo_h])
+        tokens, padded, h_sum, h_n, g_sum, g_n = self.dist.sum([trained_tokens, padded_tokens, *demo_h, *gap[:2]])
+        (g_max,) = self.dist.max([gap[2]])
+        if g_n:
+            out["rollout/logprob_gap"] = g_sum / g_n
+            out["rollout/max_ratio"] = g_max
         out["_train_tokens"] = tokens
         out["train/pad_fraction"] = 1.0 - _ratio(tokens, padded) if padded else 0.0
         out["_demo_entropy"] = _ratio(h_sum, h_n)

@@ -72,11 +72,23 @@ def test_saved_config_round_trips(tmp_path):
         (["--rollout.batch_size", "0"], "rollout.batch_size must be >= 1"),
         (["--eval.k", "0"], "eval.k must be >= 1"),
         (["--data.max_demo_tokens", "0"], "data.max_demo_tokens must be >= 1"),
+        (["--rollout.engine", "vlm"], "rollout.engine: unknown engine 'vlm'"),
+        (["--rollout.is_correction", "always"], "rollout.is_correction must be"),
+        (["--rollout.is_cap", "0"], "rollout.is_cap must be > 0"),
+        (["--train.micro_batch_grouping", "random"], "train.micro_batch_grouping must be"),
     ],
 )
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
         parse(argv)
+
+
+def test_vllm_engine_without_vllm_is_a_clear_error_before_any_model_loads(monkeypatch):
+    import srft.rollout.vllm_engine as ve
+
+    monkeypatch.setattr(ve, "vllm_available", lambda: False)
+    with pytest.raises(ValueError, match=r"rollout\.engine: 'vllm' needs vLLM.*setup\.sh --vllm"):
+        parse(["--rollout.engine", "vllm"])
 
 
 def test_unknown_yaml_key_names_it(tmp_path):

@@ -15,8 +15,10 @@ from srft.losses import (
     masked_mean,
     nll,
     off_policy_demo_term,
+    logprob_gap,
     reduce_entropy,
     token_logprobs_and_entropy,
+    truncated_is_weight,
 )
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -372,3 +374,28 @@ def test_aggregate_per_micro_batch_normalisation_differs():
 def test_masked_mean():
     assert_close(masked_mean(t([[1.0, 2.0], [3.0, 4.0]]), t([[1, 0], [1, 1]])), t(2.666667), **TOL)  # 8/3
     assert masked_mean(t([[1.0, 2.0]]), t([[0, 0]])).item() == 0.0  # empty mask -> 0
+
+
+# ---------------------------------------------------------------- sampler/trainer mismatch
+
+def test_truncated_is_weight_by_hand():
+    old = t([[-1.0, -2.0, 0.0, -1.0]])
+    mu = t([[-1.5, -1.0, -3.0, float("nan")]])  # the last one: padding
+    w = truncated_is_weight(old, mu, cap=2.0)
+    # exp(0.5) = 1.648721, exp(-1) = 0.367879, exp(3) = 20.09 -> capped at 2, NaN -> 0
+    assert_close(w, t([[1.648721, 0.367879, 2.0, 0.0]]), **TOL)
+    assert not truncated_is_weight(old.requires_grad_(), mu).requires_grad
+    with pytest.raises(ValueError):
+        truncated_is_weight(old, mu, cap=0.0)
+
+
+def test_logprob_gap_by_hand():
+    old = t([[-1.0, -2.0, -0.5], [-0.1, 0.0, 0.0]])
+    mu = t([[-1.5, -1.0, float("nan")], [-0.4, 0.0, 0.0]])
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    s, n, rmax = logprob_gap(old, mu, mask)
+    # |0.5| + |-1| + |0.3| = 1.8 over 3 tokens; max ratio exp(0.5) = 1.648721
+    assert_close(s, t(1.8), **TOL)
+    assert n.item() == 3
+    assert_close(rmax, t(1.648721), **TOL)
+    assert logprob_gap(old, mu, torch.zeros_like(mask))[2].item() == 0.0

@@ -77,6 +77,26 @@ def test_grpo_and_sft_presets_equal_their_formulas():
     assert loss.item() == pytest.approx(float(-lp[2].mean()), rel=1e-6)
 
 
+def test_is_weight_multiplies_the_on_policy_term_per_token():
+    """GRPO with truncated importance weights: each rollout token's surrogate times its weight;
+    demonstrations and padding are untouched (their weights may be anything, NaN included)."""
+    from dataclasses import replace
+
+    x = small_batch(1)
+    lp, old, A = x.logprobs.detach(), x.old_logprobs, x.advantages
+    w = torch.tensor([[0.5, 2.0, float("nan")], [1.0, 0.0, 1.5], [float("nan"), 9.0, 9.0]])
+    loss, m = compute_loss(replace(x, is_weight=w), norms_of(x), preset_cfg("grpo"))
+    expected = 0.0
+    for i, n in ((0, 2), (1, 3)):
+        for t in range(n):
+            r = math.exp(lp[i, t] - old[i, t])
+            expected += float(w[i, t]) * -min(r * A[i], min(max(r, 0.8), 1.2) * A[i])
+    assert loss.item() == pytest.approx(float(expected) / 5, rel=1e-5)
+    assert m["rollout/is_weight_mean"].item() == pytest.approx((0.5 + 2.0 + 1.0 + 0.0 + 1.5) / 5, rel=1e-6)
+    ones = compute_loss(replace(x, is_weight=torch.ones(3, 3)), norms_of(x), preset_cfg("grpo"))[0]
+    assert ones.item() == pytest.approx(compute_loss(x, norms_of(x), preset_cfg("grpo"))[0].item(), rel=1e-6)
+
+
 def test_weights_are_stop_gradient():
     """d loss / d logprobs with entropy-dependent weights equals the gradient with the
     weights frozen as constants; and no gradient reaches the entropy tensor."""

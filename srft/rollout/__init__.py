@@ -1,6 +1,6 @@
 """Rollout engines: the interface (`base`), the transformers engine (`hf`), and
-`make_engine`, the one place the trainer gets an engine from (a vLLM engine
-registers itself in ENGINES without any change to the trainer)."""
+the vLLM engine (`vllm_engine`, optional: `pip install srft[vllm]`), and `make_engine`, the one
+place the trainer gets an engine from."""
 
 from __future__ import annotations
 
@@ -15,7 +15,25 @@ def _hf(model, tokenizer, rollout_cfg) -> RolloutEngine:
     return HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), rollout_cfg.batch_size)
 
 
-ENGINES: dict[str, Callable[..., RolloutEngine]] = {"hf": _hf}
+def _vllm(model, tokenizer, rollout_cfg) -> RolloutEngine:
+    from srft.rollout.hf import stop_token_ids
+    from srft.rollout.vllm_engine import VLLMRolloutEngine, vllm_available
+
+    if not vllm_available():
+        raise ValueError(VLLM_MISSING)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    probe = tokenizer.encode("Probe: 12 + 30 = 42, so the answer is \\boxed{42}. The quick brown fox jumps.",
+                             add_special_tokens=False)
+    return VLLMRolloutEngine(base.name_or_path, tokenizer, rollout_cfg, stop_token_ids(model, tokenizer), dtype,
+                             probe_ids=probe)
+
+
+VLLM_MISSING = ("rollout.engine: 'vllm' needs vLLM, which is not installed in this environment. It is an optional "
+                "extra: `pip install -e \".[vllm]\"` on a GPU machine, or `bash scripts/setup.sh --vllm` for the CPU "
+                "build in .venv-vllm (then run .venv-vllm/bin/srft)")
+
+ENGINES: dict[str, Callable[..., RolloutEngine]] = {"hf": _hf, "vllm": _vllm}
 
 
 def make_engine(name: str, model, tokenizer, rollout_cfg) -> RolloutEngine:
