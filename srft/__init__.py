@@ -2,7 +2,18 @@
 
 Layout (see docs/architecture.md): `losses` (pure tensor functions), `objective`
 (the SRFT objective and presets), `rollout` (engines), `rewards`, `data`,
-`trainer`, `evaluation`, `metrics`, `plots`, `testbed`, `cli`.
+`trainer`, `evaluation`, `metrics`, `plots`, `testbed`, `cli`; `api` (`SRFTTrainer`, `SRFTConfig`:
+the Python entry point).
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["SRFTConfig", "SRFTTrainer", "__version__"]
+
+
+def __getattr__(name):  # `from srft import SRFTTrainer` without importing torch for `import srft`
+    if name in ("SRFTConfig", "SRFTTrainer"):
+        from srft import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'srft' has no attribute {name!r}")

@@ -63,7 +63,10 @@ class DataConfig:
     reward: str = "auto"
     """Reward function: "auto" (the testbed's verifier on the testbed, else "math"), a built-in name
     ("testbed", "math": last \\boxed{} + math-verify, letters for multiple choice) or an import path
-    "module:function" (a TRL-style callable)."""
+    "module:function" (a TRL-style callable, called with keyword arguments as TRL calls it); several,
+    comma-separated, are summed with data.reward_weights. In Python also a callable or a list."""
+    reward_weights: Optional[str] = None
+    """Weights of the reward functions when data.reward names several ("a,b"): "1.0,0.5"; None: all 1."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this are an error."""
     max_demo_tokens: int = 64
@@ -269,6 +272,10 @@ class EvalConfig:
     batch_size: int = 512
     limit: Optional[int] = None
     """Evaluate on the first N problems of each set; 0: no evaluation before or after training."""
+    dataset: Optional[str] = None
+    """An evaluation set for any run (the same forms as data.dataset; in Python also a list of dicts or a
+    datasets.Dataset), scored by the run's reward: its mean reward is eval/eval/accuracy, before,
+    every train.eval_every steps and after. None: the testbed's sets on the testbed, else none."""
 
 
 @dataclass
@@ -416,11 +423,26 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def reward_spec_text(spec: Any) -> str:
+    """data.reward as text: reward functions given as Python objects become "module:qualname"
+    (re-importable when the function lives in an importable module)."""
+    if isinstance(spec, str):
+        return spec
+    items = [spec] if callable(spec) else list(spec)
+    return ",".join(x if isinstance(x, str) else f"{getattr(x, '__module__', '?')}:{getattr(x, '__qualname__', repr(x))}"
+                    for x in items)
+
+
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically); `train.resume` is left out (saved empty) so that
     `--config config.yaml` re-runs the run rather than resuming it."""
     d = to_dict(cfg)
     d["train"]["resume"] = ""
+    d["data"]["reward"] = reward_spec_text(cfg.data.reward)
+    for section, key in (("data", "dataset"), ("eval", "dataset")):  # in-memory data: described, not copied
+        v = d[section][key]
+        if v is not None and not isinstance(v, str):
+            d[section][key] = f"<in memory: {len(v)} rows>" if hasattr(v, "__len__") else "<in memory>"
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(yaml.safe_dump(d, sort_keys=False))
@@ -491,5 +513,40 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")
     cfg = apply_overrides(cfg, yaml_over, f"--config {getattr(args, 'config', '')}")
     cfg = apply_overrides(cfg, flag_over, "command line")
+    cfg._preset_applied = preset_name  # the preset went in first, under the YAML and the flags
     cfg.validate()
     return cfg
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
+def apply_preset(cfg: Config) -> tuple[Config, list[str]]:
+    """Make `cfg` train what `cfg.train.preset` says, whichever way the config was made. A config
+    from `resolve_config` (flags, YAML) has its preset applied under the user's values already. A
+    config built in Python (`cfg.train.preset = "grpo"`) gets the preset's values for every field
+    still at its default, or still at the value an earlier preset gave it; fields the user changed
+    keep the user's value, as a YAML file or a flag would. Returns the config (a new one when a
+    value changed) and the keys it set."""
+    from srft.objective import get_preset
+
+    name = cfg.train.preset
+    before = getattr(cfg, "_preset_applied", None)
+    if before == name:
+        return cfg, []
+    preset = get_preset(name)  # a ValueError naming the unknown preset
+    prev = get_preset(before).overrides if before else {}
+    defaults = Config()
+    changed = {}
+    for key, val in preset.overrides.items():
+        cur = _get(cfg, key)
+        if cur == _get(defaults, key) or (key in prev and cur == prev[key]):
+            changed[key] = val
+    for key, val in prev.items():  # what the earlier preset set and this one leaves at the default
+        if key not in preset.overrides and _get(cfg, key) == val:
+            changed[key] = _get(defaults, key)
+    cfg = apply_overrides(cfg, changed, f"preset {name}") if changed else cfg
+    cfg._preset_applied = name
+    return cfg, sorted(changed)

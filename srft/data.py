@@ -69,8 +69,16 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None) -> li
     accepted forms of `dataset`; `columns` maps canonical names to source
     columns (None values mean the layout's default). Raises DataError."""
     overrides = _check_columns(columns)
+    if hasattr(dataset, "to_list") or (isinstance(dataset, (list, tuple)) and all(isinstance(r, dict)
+                                                                                 for r in dataset)):
+        records = list(dataset.to_list() if hasattr(dataset, "to_list") else dataset)  # datasets.Dataset / dicts
+        if not records:
+            raise DataError("data.dataset: the in-memory dataset has no rows")
+        names = list(dict.fromkeys(k for r in records for k in r))
+        return _canonical_rows(records, names, overrides, "the in-memory dataset")
     if not isinstance(dataset, str) or not dataset.strip():
-        raise DataError(f"data.dataset: expected a dataset name, file or folder, got {dataset!r}")
+        raise DataError(f"data.dataset: expected a dataset name, file or folder, a list of dicts or a "
+                        f"datasets.Dataset, got {type(dataset).__name__}")
     dataset = dataset.strip()
     if dataset in BUILTIN_DATASETS:
         if overrides:

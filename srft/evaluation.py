@@ -35,9 +35,9 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
 
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0,
-             dist=None) -> dict:
+             dist=None, system_prompt: Optional[str] = None, chat: str = "auto") -> dict:
     """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}
-    (the same on every rank)."""
+    (the same on every rank). Prompts are encoded as in training (`system_prompt`, `chat`)."""
     from srft.distributed import Dist
     from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
@@ -52,7 +52,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
     for name, rows in sets.items():
         t0 = time.time()
         own, n_real = dist.padded_shard(len(rows))
-        prompt_ids = [encode_prompt(tokenizer, rows[i]["prompt"]) for i in own for _ in range(k)]
+        prompt_ids = [encode_prompt(tokenizer, rows[i]["prompt"], system_prompt, chat) for i in own for _ in range(k)]
         seeds = [derive_seed(seed, "eval", name, i, j) for i in own for j in range(k)]
         out = engine.generate(prompt_ids, params, seed=seeds)
         n_local = n_real * k  # the padding rows (repeats) are dropped

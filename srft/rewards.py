@@ -1,23 +1,49 @@
 """Rewards: verifiers and TRL-style reward callables.
 
-A reward function is a plain callable, as in TRL:
+A reward function is a plain callable, called as TRL calls it, with keyword arguments:
 
-    reward_fn(prompts, completions, **columns) -> list[float | None]
+    reward_fn(prompts=[...], completions=[...], completion_ids=[[...], ...],
+              trainer_state=RewardState(global_step, max_steps), **columns) -> list[float | None]
 
-where `columns` holds every other dataset column as a list aligned with
-`completions` (e.g. `answer=[...]`). Rewards know nothing about models.
-`None` means "no reward for this sample"; it scores 0 and is counted.
+where `columns` holds every other dataset column as a list aligned with `completions` (e.g.
+`answer=[...]`). A function that takes `**kwargs` gets all of them; one that does not gets only
+the arguments it names (TRL passes them all and such a function fails there). So TRL's
+quickstart rewards, e.g. `def reward_len(completions, **kwargs)`, work unchanged, and so do
+srft's own `(prompts, completions, answer, **_)`. Rewards know nothing about models. `None`
+means "no reward for this sample" (TRL's convention for a function that does not apply).
 
-Built-in rewards are selected by name ("testbed"); any other function by import
-path, "package.module:function" (or "package.module.function").
+Several functions: `data.reward` "a,b" (or a list in Python) with `data.reward_weights`
+"1.0,0.5" (default all 1). A sample's reward is the weighted sum over the functions that gave
+it a number; when none did it is None, which scores 0 and is counted (`reward/none`).
+
+Built-in rewards are selected by name ("testbed", "math"); any other function by import
+path, "package.module:function" (or "package.module.function"), or passed as a callable.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
 RewardFn = Callable[..., list]
+
+
+@dataclass
+class RewardState:
+    """What a reward sees of the run (TRL passes its TrainerState as `trainer_state`)."""
+
+    global_step: int = 0
+    max_steps: int = 0
+
+
+@dataclass
+class Reward:
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
 
 BUILTIN_REWARDS = {
     "testbed": "srft.testbed.tasks:chain_sum_reward",
@@ -25,9 +51,11 @@ BUILTIN_REWARDS = {
 }
 
 
-def get_reward_fn(name: str, dataset: str = "testbed") -> RewardFn:
+def get_reward_fn(name: Union[str, Callable], dataset: str = "testbed") -> RewardFn:
     """The reward callable for `name`; "auto" picks the testbed's verifier for the
     testbed and the math verifier for any other dataset."""
+    if callable(name):
+        return name
     if name == "auto":
         name = "testbed" if dataset == "testbed" else "math"
     path = BUILTIN_REWARDS.get(name, name)
@@ -46,12 +74,75 @@ def get_reward_fn(name: str, dataset: str = "testbed") -> RewardFn:
     return fn
 
 
+def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], dataset: str = "testbed",
+                    weights: Union[None, str, Sequence[float]] = None) -> list[Reward]:
+    """The reward functions of `data.reward` (a name, an import path, a callable, a comma-separated
+    string or a list of those) with `data.reward_weights`; a ValueError naming what is wrong."""
+    if isinstance(spec, str):
+        items: list = [x.strip() for x in spec.split(",") if x.strip()]
+    elif callable(spec):
+        items = [spec]
+    else:
+        items = list(spec)
+    if not items:
+        raise ValueError("data.reward: no reward function given")
+    fns = [Reward(getattr(x, "__name__", repr(x)), x) if callable(x) else Reward(x, get_reward_fn(x, dataset))
+           for x in items]
+    if weights is not None:
+        ws = [float(w) for w in (weights.split(",") if isinstance(weights, str) else weights)]
+        if len(ws) != len(fns):
+            raise ValueError(f"data.reward_weights: {len(ws)} weights for {len(fns)} reward functions "
+                             f"({', '.join(r.name for r in fns)})")
+        for r, w in zip(fns, ws):
+            r.weight = w
+    return fns
+
+
+def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float]]:
+    fn = reward.fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    out = fn(**kwargs)
+    if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+        raise ValueError(f"reward function {reward.name!r} returned {type(out).__name__}; expected a list of "
+                         f"{n} numbers (or None)")
+    out = list(out)
+    if len(out) != n:
+        raise ValueError(f"reward function {reward.name!r} returned {len(out)} values for {n} completions")
+    vals: list[Optional[float]] = []
+    for i, r in enumerate(out):
+        if r is None or (isinstance(r, float) and math.isnan(r)):
+            vals.append(None)
+            continue
+        try:
+            vals.append(float(r))
+        except (TypeError, ValueError):
+            raise ValueError(f"reward function {reward.name!r} returned {r!r} (a {type(r).__name__}) for completion "
+                             f"{i}; expected a number or None") from None
+    return vals
+
+
 def score_completions(
-    fn: RewardFn, prompts: list, completions: list[str], columns: dict[str, list[Any]]
+    fn: Union[RewardFn, Sequence[Reward]], prompts: list, completions: list[str], columns: dict[str, list[Any]],
+    completion_ids: Optional[list[list[int]]] = None, state: Optional[RewardState] = None,
 ) -> tuple[list[float], int]:
-    """Call the reward function; returns (rewards as floats, number of None)."""
-    out = fn(prompts, completions, **columns)
-    if len(out) != len(completions):
-        raise ValueError(f"reward function returned {len(out)} values for {len(completions)} completions")
-    n_none = sum(r is None for r in out)
-    return [0.0 if r is None else float(r) for r in out], n_none
+    """Call the reward function(s) as TRL does (keyword arguments); returns (the weighted sum per
+    completion, 0 where no function gave a number, and the number of such completions)."""
+    rewards = [Reward(getattr(fn, "__name__", "reward"), fn)] if callable(fn) else list(fn)
+    n = len(completions)
+    kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
+              "trainer_state": state or RewardState(), **columns}
+    per_fn = [_call(r, n, dict(kwargs)) for r in rewards]
+    total, n_none = [], 0
+    for i in range(n):
+        got = [(r.weight, v[i]) for r, v in zip(rewards, per_fn) if v[i] is not None]
+        if not got:
+            n_none += 1
+            total.append(0.0)
+        else:
+            total.append(sum(w * x for w, x in got))
+    return total, n_none

@@ -60,13 +60,13 @@ import torch
 from srft import checkpoint as ckpt
 from srft import losses as L
 from srft.checkpoint import latest_checkpoint
-from srft.config import Config, flatten, save_config, to_dict
+from srft.config import Config, apply_preset, flatten, save_config, to_dict
 from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
 from srft.distributed import Dist
 from srft.metrics import MetricsWriter, truncate_metrics
 from srft.objective import LossInputs, Normalizers, compute_loss
 from srft.policy import PolicyScorer
-from srft.rewards import get_reward_fn, score_completions
+from srft.rewards import RewardState, resolve_rewards, score_completions
 from srft.rollout.base import SamplingParams, derive_seed
 
 
@@ -198,10 +198,14 @@ def lr_lambda(optim_cfg, total_steps: int):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, log=print):
+    def __init__(self, cfg: Config, log=print, model=None, tokenizer=None):
+        """`model` / `tokenizer`: objects to train instead of loading cfg.model.name_or_path (the
+        Python API, `srft.SRFTTrainer`); the tokenizer is then loaded from the model's folder when
+        not given."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        cfg, _ = apply_preset(cfg)  # a preset set in Python trains what it says (see apply_preset)
         cfg.validate()
         self.cfg = cfg
         if cfg.train.resume:
@@ -211,6 +215,8 @@ class Trainer:
         refuse_used_output_dir(cfg)
         _keep_matplotlib_cache_in(self.out)  # before anything imports matplotlib (reasoning-gym does)
         d = cfg.data
+        # reward functions before the data and the model: an import error is reported at once
+        self.reward_fn = resolve_rewards(d.reward, d.dataset, d.reward_weights)
         rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
             "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         set_seed(cfg.train.seed)
@@ -224,9 +230,19 @@ class Trainer:
         self.log = log if self.dist.is_main else _silent
         self._check_world_size()
         self.log(f"[srft] {self.dist.describe()}")
-        with self.dist.main_first():  # the testbed base model is built (and cached) once
-            model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model,
-                                                                              self.log)
+        if model is None:
+            with self.dist.main_first():  # the testbed base model is built (and cached) once
+                model, self.tokenizer, self.model_path = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model,
+                                                                                  self.log)
+        else:
+            self.model_path = getattr(model, "name_or_path", "") or "<in-memory model>"
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self.tokenizer = tokenizer
         model = self._adapt_model(model)
         if self.resume_from:
             self.model_path = resume_state["model"]
@@ -235,7 +251,6 @@ class Trainer:
                                          n_demos=cfg.rollout.n_demos)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.reward_fn = get_reward_fn(cfg.data.reward, cfg.data.dataset)
         self.eval_sets = self._eval_sets()
         o = cfg.optim
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
@@ -365,6 +380,9 @@ class Trainer:
     def _eval_sets(self):
         if self.cfg.eval.limit == 0:
             return {}
+        if self.cfg.eval.dataset is not None:
+            rows = load_rows(self.cfg.eval.dataset, self.cfg.train.seed)
+            return {"eval": rows[: self.cfg.eval.limit] if self.cfg.eval.limit else rows}
         if self.cfg.data.dataset == "testbed":
             from srft.evaluation import testbed_eval_sets
 
@@ -416,7 +434,10 @@ class Trainer:
                 col_rows.append(ex)
         keys = sorted({k for _, ex in exs for k in ex.columns})
         columns = {k: [ex.columns.get(k) for ex in col_rows] for k in keys}
-        rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns) if samples else ([], 0)
+        state = RewardState(global_step=self.step, max_steps=cfg.train.max_steps)
+        rewards, n_none = (score_completions(self.reward_fn, prompts, texts, columns,
+                                             completion_ids=[s.response_ids for s in samples], state=state)
+                           if samples else ([], 0))
         group_ids = [s.group if (cfg.objective.demos_in_group or not s.is_demo) else -1 - i
                      for i, s in enumerate(samples)]  # demonstrations kept out: groups of one, A = 0
         adv = L.group_advantages(torch.tensor(rewards, dtype=torch.float32), torch.tensor(group_ids, dtype=torch.long),
@@ -626,7 +647,8 @@ class Trainer:
             return {}
         self.engine.sync_weights(self.unwrapped)
         return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
-                        engine=self.engine, seed=self.cfg.train.seed, dist=self.dist)
+                        engine=self.engine, seed=self.cfg.train.seed, dist=self.dist,
+                        system_prompt=self.cfg.data.system_prompt, chat=self.cfg.data.chat_template)
 
     def _check_finite(self, what: str) -> None:
         """Refuse to save non-finite weights (the previous checkpoint stays as it is); every rank

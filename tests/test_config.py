@@ -111,3 +111,43 @@ def test_resume_reads_the_run_config_and_flags_still_win(tmp_path):
         parse(["--resume", str(run), "--output-dir", str(tmp_path / "other")])
     with pytest.raises(ValueError, match="no config.yaml there"):
         parse(["--resume", str(tmp_path)])
+
+
+def _objective_of(cfg):
+    import dataclasses
+
+    return dataclasses.asdict(cfg.objective), cfg.rollout.n_rollouts, cfg.rollout.n_demos
+
+
+def test_a_preset_gives_the_same_config_from_python_yaml_and_flags(tmp_path):
+    """The preset trap: `cfg.train.preset = "grpo"` in Python used to train SRFT while config.yaml
+    said grpo. Now Python, YAML and flags resolve to the same config."""
+    from srft.config import Config, apply_preset
+
+    from_flags = parse(["--preset", "grpo"])
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  preset: grpo\n")
+    from_yaml = parse(["--config", str(y)])
+    cfg = Config()
+    cfg.train.preset = "grpo"
+    from_python, keys = apply_preset(cfg)
+    assert "objective.sft_demo" in keys
+    assert _objective_of(from_python) == _objective_of(from_flags) == _objective_of(from_yaml)
+    assert from_python.objective.sft_demo is False and from_python.rollout.n_demos == 0
+    assert apply_preset(from_flags)[1] == []  # already applied: nothing changes
+
+
+def test_python_values_win_over_the_preset_and_switching_presets_undoes_the_old_one():
+    from srft.config import Config, apply_preset
+
+    cfg = Config()
+    cfg.train.preset = "grpo"
+    cfg.objective.clip_eps = 0.3  # the user's own value stays
+    cfg, _ = apply_preset(cfg)
+    assert cfg.objective.clip_eps == 0.3 and cfg.objective.sft_demo is False
+    cfg.train.preset = "srft"  # back: what grpo set goes back to srft's (the defaults)
+    cfg, _ = apply_preset(cfg)
+    assert _objective_of(cfg)[1:] == _objective_of(Config())[1:] and cfg.objective.sft_demo is True
+    cfg.train.preset = "nope"
+    with pytest.raises(ValueError, match="nope"):
+        apply_preset(cfg)

@@ -205,3 +205,18 @@ def test_length_grouped_micro_batches_change_padding_not_the_update(tiny_model_d
     assert set(g1) == set(g2) and g1
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_preset_set_in_python_trains_that_preset(tiny_model_dir, tmp_path):
+    """cfg.train.preset = "grpo" in Python trains GRPO (it used to train SRFT while config.yaml said grpo)."""
+    import yaml
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", **{"train.max_steps": 1})
+    cfg.train.preset = "grpo"
+    cfg.data.reward = length_reward  # a function object, as TRL takes it
+    Trainer(cfg, log=lambda *a: None).train()
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert "loss/rl_self" in row and "loss/sft_demo" not in row and "loss/rl_demo" not in row
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["preset"] == "grpo" and saved["objective"]["sft_demo"] is False
+    assert saved["rollout"]["n_demos"] == 0 and saved["data"]["reward"].endswith("test_train_tiny:length_reward")

@@ -122,3 +122,28 @@ def test_a_failed_sync_raises_instead_of_going_on(engine, hf_model):
     with pytest.raises(WeightSyncError, match="weight sync"):
         engine.sync_weights(Broken())
     engine.sync_weights(model)  # and a good sync works again afterwards
+
+
+def test_lora_weights_are_merged_into_the_sync(engine, model_dir, hf_model):
+    """With LoRA the trainer's weights are the base plus the adapters: vLLM gets them merged, and
+    the trainer's model keeps its adapters unmerged afterwards."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from srft.rollout.vllm_engine import trainer_logprobs
+
+    _, tok = hf_model
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = prompts(tok, 1)[0] + tok.encode(" 10</think> 10")
+    want = trainer_logprobs(peft_model, ids)
+    engine.sync_weights(peft_model)
+    torch.testing.assert_close(engine.prompt_logprobs(ids), want, atol=1e-3, rtol=0)
+    torch.testing.assert_close(trainer_logprobs(peft_model, ids), want)  # adapters unmerged again
+    with peft_model.disable_adapter():
+        without = trainer_logprobs(peft_model, ids)
+    assert (want - without).abs().max() > 0.01  # the adapters really change the model vLLM now holds

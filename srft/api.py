@@ -1,0 +1,83 @@
+"""The Python API, in the spirit of TRL's trainers:
+
+    from srft import SRFTConfig, SRFTTrainer
+
+    def reward_len(completions, **kwargs):              # TRL's quickstart reward, unchanged
+        return [-abs(20 - len(c)) for c in completions]
+
+    trainer = SRFTTrainer(
+        model="testbed",                                # a folder, a hub id, or a model object
+        args="grpo",                                    # a preset name or an SRFTConfig
+        train_dataset=[{"prompt": "1 + 2 =", "demonstration": " 3", "answer": "3"}, ...],
+        reward_funcs=[reward_len, my_other_reward], reward_weights=[1.0, 0.5],
+        eval_dataset=[...],                             # scored by the same rewards
+    )
+    trainer.train()
+
+`SRFTConfig` is srft's config tree (`srft.config.Config`: model, data, rollout, objective, optim,
+train, eval); the same fields as the command line's flags and the YAML files. A preset given as
+`args="grpo"` or set as `cfg.train.preset = "grpo"` applies as on the command line: its values
+go under the ones you set (`srft.config.apply_preset`). The command line (`srft train`) builds a
+config and runs the same `srft.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+from srft.config import Config
+
+SRFTConfig = Config
+
+
+class SRFTTrainer:
+    def __init__(
+        self,
+        model: Any = "testbed",
+        args: Union[Config, str, None] = None,
+        train_dataset: Any = None,
+        reward_funcs: Union[str, Callable, Sequence[Union[str, Callable]], None] = None,
+        reward_weights: Optional[Sequence[float]] = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        log: Callable[[str], None] = print,
+    ):
+        """model: a model folder, a hub id, "testbed", or a transformers model object (then
+        `processing_class`, its tokenizer, or the tokenizer saved with it). args: an SRFTConfig or
+        a preset name. train_dataset / eval_dataset: a list of dicts, a `datasets.Dataset`, or
+        anything `data.dataset` takes (a file, a folder, "testbed", "champ"). reward_funcs: one
+        reward or a list (callables, built-in names, "module:function"), called as TRL calls them."""
+        cfg = Config() if args is None or isinstance(args, str) else args
+        if isinstance(args, str):
+            cfg.train.preset = args
+        self.model = None
+        if isinstance(model, str):
+            cfg.model.name_or_path = model
+        elif model is not None:
+            self.model = model
+            cfg.model.name_or_path = getattr(model, "name_or_path", "") or "<in-memory model>"
+        if train_dataset is not None:
+            cfg.data.dataset = train_dataset
+        if reward_funcs is not None:
+            cfg.data.reward = reward_funcs
+        if reward_weights is not None:
+            cfg.data.reward_weights = ",".join(str(float(w)) for w in reward_weights)
+        if eval_dataset is not None:
+            cfg.eval.dataset = eval_dataset
+        self.args = cfg
+        self.processing_class = processing_class
+        self.log = log
+
+    def train(self) -> dict:
+        """Train; returns the run's summary (steps, final model folder, evaluation)."""
+        from srft.config import apply_preset
+        from srft.stages import is_staged, run_stages
+        from srft.trainer import Trainer
+
+        cfg, _ = apply_preset(self.args)
+        if is_staged(cfg):
+            if self.model is not None:
+                raise ValueError(f"preset {cfg.train.preset!r} runs in stages, each loading the previous stage's "
+                                 f"folder: give the model as a folder, not an object")
+            return run_stages(cfg, log=self.log)
+        return Trainer(cfg, log=self.log, model=self.model, tokenizer=self.processing_class).train()

@@ -1,0 +1,92 @@
+"""Rewards are called as TRL calls them: keyword arguments, lists of functions with weights, None
+for "does not apply", and a clear error naming the function when one returns the wrong thing.
+The reward functions below are copies, written here, of the signatures in TRL's documentation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from srft.rewards import RewardState, resolve_rewards, score_completions
+
+
+# TRL's quickstart (GRPOTrainer docs): a reward that only takes completions and **kwargs
+def reward_len(completions, **kwargs):
+    return [-abs(20 - len(completion)) for completion in completions]
+
+
+# TRL docs, "format" reward
+def format_reward_func(completions, **kwargs):
+    pattern = r"^<think>.*?</think>.*$"
+    return [1.0 if re.match(pattern, c) else 0.0 for c in completions]
+
+
+# TRL docs: a dataset column passed by name (ground_truth)
+def reward_func(completions, ground_truth, **kwargs):
+    return [1.0 if c.endswith(gt) else 0.0 for c, gt in zip(completions, ground_truth)]
+
+
+# TRL docs: None where the function does not apply
+def only_for_math(completions, task, **kwargs):
+    return [1.0 if "4" in c else 0.0 if t == "math" else None for c, t in zip(completions, task)]
+
+
+def no_kwargs(prompts, completions):  # srft's older positional signature, no **kwargs
+    return [float(len(p) < len(c)) for p, c in zip(prompts, completions)]
+
+
+PROMPTS = ["2+2?", "capital of France?", "2+2?"]
+COMPLETIONS = ["<think>easy</think> 4", "Paris", "<think>hmm</think> 5"]
+COLUMNS = {"ground_truth": ["4", "Paris", "4"], "task": ["math", "geo", "math"]}
+
+
+def test_trl_quickstart_signatures_work_unchanged():
+    r, n_none = score_completions(reward_len, PROMPTS, COMPLETIONS, COLUMNS)
+    assert r == [-abs(20 - len(c)) for c in COMPLETIONS] and n_none == 0
+    assert score_completions(format_reward_func, PROMPTS, COMPLETIONS, COLUMNS)[0] == [1.0, 0.0, 1.0]
+    assert score_completions(reward_func, PROMPTS, COMPLETIONS, COLUMNS)[0] == [1.0, 1.0, 0.0]
+    assert score_completions(no_kwargs, PROMPTS, COMPLETIONS, COLUMNS)[0] == [1.0, 0.0, 1.0]
+
+
+def test_every_keyword_trl_passes_is_there():
+    seen = {}
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return [0.0] * len(kwargs["completions"])
+
+    ids = [[1, 2], [3], [4, 5, 6]]
+    score_completions(spy, PROMPTS, COMPLETIONS, COLUMNS, completion_ids=ids, state=RewardState(7, 10))
+    assert set(seen) == {"prompts", "completions", "completion_ids", "trainer_state", "ground_truth", "task"}
+    assert seen["completion_ids"] == ids and seen["trainer_state"].global_step == 7
+
+
+def test_several_functions_are_summed_with_weights_and_none_skipped():
+    fns = resolve_rewards([format_reward_func, only_for_math], weights=[0.5, 2.0])
+    r, n_none = score_completions(fns, PROMPTS, COMPLETIONS, COLUMNS)
+    # sample 0: 0.5*1 + 2*1; sample 1: 0.5*0 + (None: skipped); sample 2: 0.5*1 + 2*0
+    assert r == [2.5, 0.0, 0.5] and n_none == 0
+    r, n_none = score_completions(resolve_rewards([only_for_math]), PROMPTS, COMPLETIONS, COLUMNS)
+    assert r == [1.0, 0.0, 0.0] and n_none == 1  # no function gave sample 1 a number
+    by_name = resolve_rewards("tests.test_rewards:reward_len, tests.test_rewards:format_reward_func", weights="1,3")
+    assert [(x.name, x.weight) for x in by_name] == [("tests.test_rewards:reward_len", 1.0),
+                                                      ("tests.test_rewards:format_reward_func", 3.0)]
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (lambda completions, **k: [1.0], "returned 1 values for 3 completions"),
+    (lambda completions, **k: 1.0, "returned float; expected a list of 3 numbers"),
+    (lambda completions, **k: ["yes", 1, 2], "returned 'yes' (a str) for completion 0"),
+])
+def test_wrong_output_names_the_function(bad, needle):
+    bad.__name__ = "my_reward"
+    with pytest.raises(ValueError, match=re.escape(f"reward function 'my_reward' {needle}")):
+        score_completions(bad, PROMPTS, COMPLETIONS, COLUMNS)
+
+
+def test_bad_specs_are_clear():
+    with pytest.raises(ValueError, match="2 weights for 1 reward functions"):
+        resolve_rewards([reward_len], weights="1,2")
+    with pytest.raises(ValueError, match="cannot import reward function 'nope.module:f'"):
+        resolve_rewards("nope.module:f")
