@@ -73,3 +73,23 @@ def isolated_cache(tmp_path_factory):
     if "SRFT_TEST_USE_CACHE" not in os.environ:
         os.environ["SRFT_CACHE"] = str(tmp_path_factory.mktemp("srft_cache"))
     yield
+
+
+def _vllm_available() -> bool:
+    from srft.rollout.vllm_engine import vllm_available
+
+    return vllm_available()
+
+
+# the vLLM engine's tests (tests/test_vllm*.py) run where vLLM is installed, and say how otherwise
+requires_vllm = pytest.mark.skipif(
+    not _vllm_available(),
+    reason="vLLM is not installed here: bash scripts/setup.sh --vllm && "
+           ".venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vllm_train.py")
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory) -> Path:
+    """A Qwen2 model of head size 32 (vLLM's CPU attention does not take the tiny model's 8)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: in-memory weight sync
+    return make_tiny_model(tmp_path_factory.mktemp("vllm") / "model", seed=1, hidden=128, layers=2)

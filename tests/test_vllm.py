@@ -9,37 +9,25 @@ the tiny test model's head size of 8.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-from srft.rollout.vllm_engine import vllm_available
+from tests.conftest import requires_vllm
 
-pytestmark = pytest.mark.skipif(
-    not vllm_available(),
-    reason="vLLM is not installed here: bash scripts/setup.sh --vllm && "
-           ".venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vllm_train.py")
-
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+pytestmark = requires_vllm
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tests.conftest import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("vllm") / "model", seed=1, hidden=128, layers=2)
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
+def hf_model(vllm_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(vllm_model_dir)
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir, hf_model):
+def engine(vllm_model_dir, hf_model):
     from srft.config import Config
     from srft.rollout import make_engine
 
@@ -124,7 +112,7 @@ def test_a_failed_sync_raises_instead_of_going_on(engine, hf_model):
     engine.sync_weights(model)  # and a good sync works again afterwards
 
 
-def test_lora_weights_are_merged_into_the_sync(engine, model_dir, hf_model):
+def test_lora_weights_are_merged_into_the_sync(engine, vllm_model_dir, hf_model):
     """With LoRA the trainer's weights are the base plus the adapters: vLLM gets them merged, and
     the trainer's model keeps its adapters unmerged afterwards."""
     from peft import LoraConfig, get_peft_model
@@ -133,7 +121,7 @@ def test_lora_weights_are_merged_into_the_sync(engine, model_dir, hf_model):
     from srft.rollout.vllm_engine import trainer_logprobs
 
     _, tok = hf_model
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float32)
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():

@@ -4,26 +4,13 @@ test_vllm.py's engine is closed (at the end of that module) before this one star
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from srft.rollout.vllm_engine import vllm_available
+from tests.conftest import requires_vllm
 
-pytestmark = pytest.mark.skipif(
-    not vllm_available(),
-    reason="vLLM is not installed here: bash scripts/setup.sh --vllm && "
-           ".venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vllm_train.py")
-
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tests.conftest import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("vllm") / "model", seed=1, hidden=128, layers=2)
+pytestmark = requires_vllm
 
 
 SMOL = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m"
@@ -57,13 +44,13 @@ def test_greedy_decoding_of_smollm2_equals_the_hf_engine():
         torch.testing.assert_close(a.logprobs[i][:same], b.logprobs[i][:same], atol=2e-3, rtol=0)
 
 
-def test_five_srft_steps_with_the_vllm_engine(model_dir, tmp_path):
+def test_five_srft_steps_with_the_vllm_engine(vllm_model_dir, tmp_path):
     from srft.config import Config, apply_overrides
     from srft.metrics import read_metrics
     from srft.trainer import Trainer
 
     cfg = apply_overrides(Config(), {
-        "model.name_or_path": str(model_dir), "train.output_dir": str(tmp_path / "run"), "train.max_steps": 5,
+        "model.name_or_path": str(vllm_model_dir), "train.output_dir": str(tmp_path / "run"), "train.max_steps": 5,
         "train.prompts_per_step": 4, "train.micro_batch_size": 16, "train.eval_every": 0, "train.save_every": 0,
         "rollout.max_new_tokens": 12, "rollout.engine": "vllm", "rollout.vllm_max_model_len": 256,
         "eval.limit": 0, "optim.lr": 1e-3}, "test")
