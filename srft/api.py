@@ -33,21 +33,25 @@ SRFTConfig = Config
 class SRFTTrainer:
     def __init__(
         self,
-        model: Any = "testbed",
+        model: Any = None,
         args: Union[Config, str, None] = None,
         train_dataset: Any = None,
         reward_funcs: Union[str, Callable, Sequence[Union[str, Callable]], None] = None,
         reward_weights: Optional[Sequence[float]] = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
+        peft_config: Any = None,
         log: Callable[[str], None] = print,
     ):
         """model: a model folder, a hub id, "testbed", or a transformers model object (then
-        `processing_class`, its tokenizer, or the tokenizer saved with it). args: an SRFTConfig or
+        `processing_class`, its tokenizer, or the tokenizer saved with it); None: the config's
+        model.name_or_path ("testbed" by default). args: an SRFTConfig or
         a preset name. train_dataset / eval_dataset: a list of dicts, a `datasets.Dataset`, or
         anything `data.dataset` takes (a file, a folder, "testbed", "champ"). reward_funcs: one
-        reward or a list (callables, built-in names, "module:function"), called as TRL calls them."""
-        cfg = Config() if args is None or isinstance(args, str) else args
+        reward or a list (callables, built-in names, "module:function"), called as TRL calls them.
+        peft_config: a peft LoraConfig, as TRL takes it (its r, lora_alpha, lora_dropout and
+        target_modules become model.lora_*)."""
+        cfg = Config() if args is None or isinstance(args, str) else _copy_config(args)
         if isinstance(args, str):
             cfg.train.preset = args
         self.model = None
@@ -64,6 +68,8 @@ class SRFTTrainer:
             cfg.data.reward_weights = ",".join(str(float(w)) for w in reward_weights)
         if eval_dataset is not None:
             cfg.eval.dataset = eval_dataset
+        if peft_config is not None:
+            _apply_peft_config(cfg, peft_config)
         self.args = cfg
         self.processing_class = processing_class
         self.log = log
@@ -81,3 +87,29 @@ class SRFTTrainer:
                                  f"folder: give the model as a folder, not an object")
             return run_stages(cfg, log=self.log)
         return Trainer(cfg, log=self.log, model=self.model, tokenizer=self.processing_class).train()
+
+
+def _copy_config(cfg: Config) -> Config:
+    """A copy of `cfg` whose sections can be changed without touching the caller's (the values,
+    in-memory datasets and reward functions included, are shared, not copied)."""
+    import copy
+    import dataclasses
+
+    new = dataclasses.replace(cfg, **{f.name: copy.copy(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+    if hasattr(cfg, "_preset_applied"):
+        new._preset_applied = cfg._preset_applied
+    return new
+
+
+def _apply_peft_config(cfg: Config, peft_config: Any) -> None:
+    """A peft LoraConfig as srft's model.lora_* fields (the other LoRA options are not used)."""
+    r = getattr(peft_config, "r", None)
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"peft_config: expected a peft LoraConfig with r >= 1, got {type(peft_config).__name__}")
+    cfg.model.lora_r = r
+    cfg.model.lora_alpha = int(getattr(peft_config, "lora_alpha", cfg.model.lora_alpha))
+    cfg.model.lora_dropout = float(getattr(peft_config, "lora_dropout", cfg.model.lora_dropout))
+    targets = getattr(peft_config, "target_modules", None)
+    if targets:
+        cfg.model.lora_target_modules = targets if isinstance(targets, str) else ",".join(sorted(targets))
+

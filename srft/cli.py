@@ -31,15 +31,13 @@ def _rank() -> int:
 
 
 def cmd_train(args) -> int:
+    from srft.api import SRFTTrainer
     from srft.config import resolve_config
     from srft.evaluation import format_table
-    from srft.trainer import Trainer
 
     cfg = resolve_config(args)
     t0 = time.time()
-    from srft.stages import is_staged, run_stages
-
-    result = run_stages(cfg) if is_staged(cfg) else Trainer(cfg).train()
+    result = SRFTTrainer(args=cfg).train()  # the command line is a thin layer over the Python API
     if _rank() != 0:  # several processes: the main one prints the summary
         return 0
     out = Path(cfg.train.output_dir)
@@ -48,7 +46,7 @@ def cmd_train(args) -> int:
         print(f"Accuracy (%), {cfg.train.preset}, {result['steps']} steps, seed {cfg.train.seed} "
               f"(greedy, {sum(v['n'] for v in result['before'].values())} problems):")
         print(format_table(result["before"], result["after"]))
-    print(f"\nrun folder: {out}  (config.yaml, metrics.jsonl, eval.json, plots/, checkpoints/, final/)")
+    print(f"\nrun folder: {out}  (config.yaml, metrics.jsonl, completions.jsonl, eval.json, plots/, checkpoints/, final/)")
     print(f"total time: {time.time() - t0:.0f}s")
     return 0
 
@@ -60,7 +58,7 @@ BENCHMARK_DEFAULTS = {"eval.temperature": 0.6, "eval.max_new_tokens": 1024, "eva
 
 def cmd_eval(args) -> int:
     from srft.config import Config, ModelConfig, apply_overrides
-    from srft.trainer import load_model_and_tokenizer
+    from srft.models import load_model_and_tokenizer
 
     over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
     for short, key in EVAL_SHORT.items():
@@ -128,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="srft", description="Supervised Reinforcement Fine-Tuning (SRFT) and baselines.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train (default: SRFT on the built-in testbed)")
+    t = sub.add_parser(
+        "train", help="train (default: SRFT on the built-in testbed)",
+        usage="srft train [--preset NAME] [--config FILE] [--section.field VALUE ...]",
+        description="Train a causal LM with SRFT or a baseline (see `srft presets`). Every config field is a "
+        "flag --section.field (dashes or underscores); values apply as defaults < preset < --config YAML < "
+        "flags, and the resolved config is saved as config.yaml in the run folder. Choices are checked "
+        "before any data or model loads (exit 2, naming the field).")
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a model on the testbed's test sets or on a benchmark file")

@@ -25,7 +25,7 @@ class ModelConfig:
     name_or_path: str = "testbed"
     """A local folder or a hub id; "testbed" is the built-in base model (built and cached on first use)."""
     dtype: str = "float32"
-    """Weights dtype for training: float32 or bfloat16."""
+    """Weights dtype for training: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run custom modelling code shipped with a model. Off unless asked for."""
     allow_pickle: bool = False
@@ -36,7 +36,9 @@ class ModelConfig:
     lora_r: int = 0
     """LoRA rank through peft; 0 trains every weight."""
     lora_alpha: int = 32
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
     lora_target_modules: str = "all-linear"
     """peft target_modules: "all-linear" or a comma-separated list of module names."""
 
@@ -79,10 +81,6 @@ class DataConfig:
             from srft.data import DEFAULT_SYSTEM_PROMPT
 
             self.system_prompt = DEFAULT_SYSTEM_PROMPT
-        if self.chat_template not in ("auto", "none"):
-            raise ValueError(f"data.chat_template must be 'auto' or 'none', got {self.chat_template!r}")
-        if self.long_demo_policy not in ("drop", "truncate"):
-            raise ValueError(f"data.long_demo_policy must be 'drop' or 'truncate', got {self.long_demo_policy!r}")
 
 
 @dataclass
@@ -97,6 +95,7 @@ class RolloutConfig:
     temperature: float = 1.0
     """Sampling temperature for rollouts (the paper: 1.0)."""
     top_p: float = 1.0
+    """Nucleus sampling for rollouts (1.0: off, as in the paper)."""
     max_new_tokens: int = 40
     """Response budget in tokens."""
     batch_size: int = 512
@@ -116,6 +115,7 @@ class RolloutConfig:
     None: 0.5 on a GPU; on a CPU, where vLLM reads it as the share of RAM its process may use (model,
     trainer and KV cache together), 0.3."""
     vllm_tensor_parallel_size: int = 1
+    """vllm engine: GPUs one vLLM engine spans (tensor parallelism; untested in srft)."""
     vllm_enable_sleep_mode: bool = False
     """vllm engine: release the KV cache during the update (LLM.sleep(level=1)), take it back to generate."""
     vllm_max_model_len: Optional[int] = None
@@ -138,6 +138,7 @@ class ObjectiveConfig:
     w_sft: str = "entropy"
     """"entropy": w_SFT = w_sft_coef * sg(exp(w_sft_sign * H)) (Eq. 8); "constant": w_SFT = w_sft_coef."""
     w_sft_coef: float = 0.5
+    """Coefficient of w_SFT (the paper: 0.5)."""
     w_sft_sign: float = -1.0
     """-1 as in the paper (less SFT when uncertain); +1 as in the released script."""
     rl_demo: bool = True
@@ -149,7 +150,9 @@ class ObjectiveConfig:
     w_rl: str = "entropy"
     """Weight on tokens of rollouts with A > 0. "entropy": w_rl_coef * sg(exp(w_rl_sign * H)); "constant": w_rl_coef."""
     w_rl_coef: float = 0.1
+    """Coefficient of w_RL (the paper: 0.1)."""
     w_rl_sign: float = 1.0
+    """+1 as in the paper (more weight when uncertain)."""
     clip_eps: Optional[float] = 0.2
     """PPO clip range; None disables clipping (LUFFY's on-policy term)."""
     clip_eps_high: Optional[float] = None
@@ -172,34 +175,25 @@ class ObjectiveConfig:
     """Demonstrations join their prompt's group for the advantages (SRFT, LUFFY: G_aug); False keeps them
     out (RL with an SFT loss: GRPO advantages over the rollouts only, demonstrations get A = 0)."""
 
-    def __post_init__(self):
-        from srft.losses import AGGREGATION_MODES, ENTROPY_GRANULARITIES
-
-        for name, value, allowed in [
-            ("w_sft", self.w_sft, ("entropy", "constant")),
-            ("w_rl", self.w_rl, ("entropy", "constant")),
-            ("entropy_granularity", self.entropy_granularity, ENTROPY_GRANULARITIES),
-            ("aggregation", self.aggregation, AGGREGATION_MODES),
-            ("normalize_over", self.normalize_over, ("term", "batch")),
-        ]:
-            if value not in allowed:
-                raise ValueError(f"objective.{name} must be one of {list(allowed)}, got {value!r}")
-
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
+    """AdamW learning rate (the testbed's default; the paper uses 1e-6 for 7B models)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     beta1: float = 0.9
+    """AdamW beta1."""
     beta2: float = 0.99
+    """AdamW beta2."""
     warmup_steps: int = 0
+    """Optimiser steps of linear warm-up from 0."""
     schedule: str = "constant"
     """"constant", "linear" or "cosine" decay after warm-up."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"optim.schedule must be constant, linear or cosine, got {self.schedule!r}")
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
 
@@ -209,10 +203,11 @@ class TrainConfig:
     preset: str = "srft"
     """Loss composition: see `srft presets` (srft, grpo, sft)."""
     output_dir: str = "runs/srft"
+    """The run folder: config.yaml, metrics.jsonl, completions.jsonl, eval.json, plots/, checkpoints/, final/."""
     overwrite: bool = False
     """Allow training into an output_dir that already holds a run (its files are replaced)."""
     max_steps: int = 150
-    """Training steps; one step = one rollout batch (train.mini_batches optimiser steps)."""
+    """Training steps; one step = one rollout batch (train.mini_batches x train.epochs_per_batch optimiser steps)."""
     prompts_per_step: int = 32
     """Prompts per rollout batch over all processes (each gives one group; with N processes each
     takes prompts_per_step / N whole groups, so the run does the same work whatever N is)."""
@@ -227,6 +222,7 @@ class TrainConfig:
     first, so short rollouts are not padded to the longest demonstration (the loss is unchanged: its
     normalisers are counts over the whole batch); "none" keeps the order of the groups."""
     seed: int = 0
+    """Seeds the prompt order, the rollouts (per sample) and the evaluation's samples."""
     eval_every: int = 25
     """Evaluate every N steps (0: only before and after)."""
     save_every: int = 50
@@ -240,6 +236,18 @@ class TrainConfig:
     """Consecutive steps with a non-finite loss or gradient (their updates skipped) before the run stops."""
     report_to: str = "none"
     """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
+    log_every: int = 10
+    """Every N steps: a one-line progress log when stdout is not a terminal (in place of the progress
+    bar), and a sample of the step's completions in completions.jsonl. 0: neither."""
+    log_completions: int = 8
+    """Completions written to completions.jsonl at each logged step (prompt, completion, reward,
+    advantage, whether it is a demonstration; whole groups of the main process); 0: none."""
+    push_to_hub: bool = False
+    """After training, push final/ to the Hugging Face Hub with a model card (srft.hub)."""
+    hub_model_id: Optional[str] = None
+    """The hub repository for train.push_to_hub ("user/name"); None: the run folder's name."""
+    hub_private: bool = False
+    """Create the hub repository as private."""
     save_rollouts: bool = False
     """Write every step's samples (token ids, reward, advantage, global group index) to rollouts.jsonl."""
     old_logprob_pass: str = "auto"
@@ -252,30 +260,29 @@ class TrainConfig:
     """Positions per chunk when computing log-probs / entropies (srft.policy); 0: about 32M logits
     per chunk (e.g. 220 positions for a 152k vocabulary)."""
 
-    def __post_init__(self):
-        if self.old_logprob_pass not in ("auto", "always"):
-            raise ValueError(f"train.old_logprob_pass must be auto or always, got {self.old_logprob_pass!r}")
-        if self.logprob_path not in ("auto", "logits"):
-            raise ValueError(f"train.logprob_path must be auto or logits, got {self.logprob_path!r}")
-        if self.report_to not in ("none", "tensorboard", "wandb"):
-            raise ValueError(f"train.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
-
 
 @dataclass
 class EvalConfig:
     temperature: float = 0.0
     """0 = greedy (the testbed default, low noise); the paper's protocol uses 0.6."""
     top_p: float = 1.0
+    """Nucleus sampling for evaluation (used when temperature > 0)."""
     k: int = 1
     """Samples per problem (avg@k)."""
     max_new_tokens: int = 48
+    """Response budget for evaluation (the paper's protocol: 8,192 on 7B models)."""
     batch_size: int = 512
+    """Sequences generated at once when evaluating."""
     limit: Optional[int] = None
     """Evaluate on the first N problems of each set; 0: no evaluation before or after training."""
     dataset: Optional[str] = None
     """An evaluation set for any run (the same forms as data.dataset; in Python also a list of dicts or a
     datasets.Dataset), scored by the run's reward: its mean reward is eval/eval/accuracy, before,
     every train.eval_every steps and after. None: the testbed's sets on the testbed, else none."""
+    benchmark: Optional[str] = None
+    """A benchmark file in the verl parquet layout (e.g. math_id.parquet): each data_source is an
+    evaluation set (its unique problems), scored by the math verifier, avg@k with eval.k samples,
+    before, every train.eval_every steps and after (eval/SOURCE/accuracy, eval.json, the accuracy plot)."""
 
 
 @dataclass
@@ -314,7 +321,7 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(getattr(self, section), attr)}")
         if t.logprob_chunk_size < 0:
             raise ValueError(f"train.logprob_chunk_size must be >= 0 (0: automatic), got {t.logprob_chunk_size}")
-        for name in ("train.save_every", "train.eval_every"):
+        for name in ("train.save_every", "train.eval_every", "train.log_every", "train.log_completions"):
             if getattr(t, name.split(".")[1]) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(t, name.split('.')[1])}")
         if t.prompts_per_step % t.mini_batches != 0:
@@ -322,23 +329,93 @@ class Config:
                              f"({t.prompts_per_step})")
         if t.micro_batch_size < 1:
             raise ValueError("train.micro_batch_size must be >= 1")
-        if r.engine not in ("hf", "vllm"):
-            raise ValueError(f"rollout.engine: unknown engine {r.engine!r}; known: ['hf', 'vllm']")
+        check_choices(self)
         if r.engine == "vllm":
             from srft.rollout import VLLM_MISSING
             from srft.rollout.vllm_engine import vllm_available
 
             if not vllm_available():
                 raise ValueError(VLLM_MISSING)
-        if r.is_correction not in ("auto", "none", "tis"):
-            raise ValueError(f"rollout.is_correction must be 'auto', 'none' or 'tis', got {r.is_correction!r}")
         if not r.is_cap > 0:
             raise ValueError(f"rollout.is_cap must be > 0, got {r.is_cap}")
-        if t.micro_batch_grouping not in ("length", "none"):
-            raise ValueError(f"train.micro_batch_grouping must be 'length' or 'none', got {t.micro_batch_grouping!r}")
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+
+def _presets() -> tuple[str, ...]:
+    from srft.objective import PRESETS
+
+    return tuple(PRESETS)
+
+
+def _aggregations() -> tuple[str, ...]:
+    from srft.losses import AGGREGATION_MODES
+
+    return tuple(AGGREGATION_MODES)
+
+
+def _granularities() -> tuple[str, ...]:
+    from srft.losses import ENTROPY_GRANULARITIES
+
+    return tuple(ENTROPY_GRANULARITIES)
+
+
+# The allowed values of every field that takes one of a few words: `--help` lists them, and
+# `Config.validate` (run on every config, however it was made) refuses anything else, naming the field.
+CHOICES: dict[str, Any] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.chat_template": ("auto", "none"),
+    "data.long_demo_policy": ("drop", "truncate"),
+    "rollout.engine": ("hf", "vllm"),
+    "rollout.is_correction": ("auto", "none", "tis"),
+    "rollout.vllm_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "objective.w_sft": ("entropy", "constant"),
+    "objective.w_rl": ("entropy", "constant"),
+    "objective.entropy_granularity": _granularities,
+    "objective.aggregation": _aggregations,
+    "objective.normalize_over": ("term", "batch"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "train.preset": _presets,
+    "train.micro_batch_grouping": ("length", "none"),
+    "train.report_to": ("none", "tensorboard", "wandb"),
+    "train.old_logprob_pass": ("auto", "always"),
+    "train.logprob_path": ("auto", "logits"),
+}
+
+
+def choices(key: str) -> Optional[tuple[str, ...]]:
+    """The allowed values of field `key` ("section.field"), or None when any value of its type goes."""
+    c = CHOICES.get(key)
+    return tuple(c()) if callable(c) else c
+
+
+def check_choices(cfg: "Config") -> None:
+    """A ValueError naming the first field whose value is not one of its CHOICES."""
+    for key in CHOICES:
+        allowed = choices(key)
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}: {value!r} is not one of {list(allowed)}")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (the string literal that follows it in the
+    source), as one line; the text `--help` shows."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
 SHORT_FLAGS = {
     "preset": "train.preset",
     "output_dir": "train.output_dir",
@@ -475,19 +552,42 @@ def _resume_overrides(flag_over: dict[str, Any], config_file: Optional[str]) -> 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (--section.field) plus the short forms."""
-    parser.add_argument("--config", help="YAML file with config sections (overrides the preset)")
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config sections (overrides the preset; "
+                        "flags override it)")
     for short, key in SHORT_FLAGS.items():
-        parser.add_argument(f"--{short.replace('_', '-')}", dest=f"short__{short}", default=None,
+        allowed = choices(key)
+        parser.add_argument(f"--{short.replace('_', '-')}", dest=f"short__{short}", default=None, choices=allowed,
+                            metavar=("{" + ",".join(allowed) + "}") if allowed else
+                            ("DIR" if short in ("output_dir", "resume") else
+                             _type_word(_field_type(type(getattr(Config(), key.split(".")[0])), key.split(".")[1]))),
                             help=f"same as --{key}")
     cfg = Config()
     for s in SECTIONS:
-        group = parser.add_argument_group(s)
-        for f in dataclasses.fields(getattr(cfg, s)):
+        sub = getattr(cfg, s)
+        docs = field_docs(type(sub))
+        doc = " ".join((type(sub).__doc__ or "").split())
+        group = parser.add_argument_group(s, None if doc.startswith(type(sub).__name__ + "(") else doc)
+        for f in dataclasses.fields(sub):
             flag = f"--{s}.{f.name}"
             alt = f"--{s}.{f.name.replace('_', '-')}"
             names = [flag] if alt == flag else [flag, alt]
-            group.add_argument(*names, dest=f"cfg__{s}.{f.name}", default=None, metavar="V",
-                               help=f"(default: {getattr(getattr(cfg, s), f.name)!r})")
+            allowed = choices(f"{s}.{f.name}")
+            tp = _field_type(type(sub), f.name)
+            metavar = ("{" + ",".join(allowed) + "}") if allowed else _type_word(tp)
+            default = getattr(sub, f.name)
+            if s == "data" and f.name == "system_prompt" and default:
+                default = "default"  # the paper-style instruction (srft.data.DEFAULT_SYSTEM_PROMPT)
+            doc = docs.get(f.name, "")
+            help_text = (doc + " " if doc else "") + f"(default: {default!r})"
+            group.add_argument(*names, dest=f"cfg__{s}.{f.name}", default=None, metavar=metavar,
+                               choices=allowed, help=help_text.replace("%", "%%"))
+
+
+def _type_word(tp) -> str:
+    """INT, FLOAT, BOOL or TEXT for a field's type (Optional[...] taken as its inner type)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and args else tp
+    return {int: "INT", float: "FLOAT", bool: "BOOL"}.get(tp, "TEXT")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

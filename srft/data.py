@@ -3,7 +3,16 @@
 Rows follow TRL's column convention: `prompt` (a string, or a list of chat
 messages), `demonstration` (a string, or a list of strings when a prompt has
 several), `answer` (the verifiable answer); any other column is passed to the
-reward function as a keyword argument.
+reward function as a keyword argument. TRL's own dataset formats are read too:
+
+* prompt-completion (`prompt`, `completion`): the completion is the demonstration
+  (a string, or an assistant message list in the conversational form);
+* conversational language modelling (`messages`, no `prompt` column): the turns
+  before the last assistant turn are the prompt, the last assistant turn is the
+  demonstration (a conversation that does not end with an assistant turn is all prompt);
+* `answer` is needed only when a reward function names an `answer` parameter
+  (the built-in testbed and math rewards do; a TRL reward taking `**kwargs`
+  does not): `load_rows(..., need_answer=False)` lets the column be absent.
 
 `load_rows(dataset, seed, columns)` reads, by the form of `dataset`:
 
@@ -58,16 +67,17 @@ class Example:
     prompt_ids: list[int]
     demo_texts: list[str]
     demo_ids: list[list[int]]
-    answer: str
+    answer: Optional[str]
     columns: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading
-def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None) -> list[dict]:
+def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None, need_answer: bool = True) -> list[dict]:
     """Rows with the canonical keys `prompt`, `demonstration` (when the data has
-    one), `answer`, plus every other column. See the module docstring for the
-    accepted forms of `dataset`; `columns` maps canonical names to source
-    columns (None values mean the layout's default). Raises DataError."""
+    one), `answer` (when the data has one; required with `need_answer`), plus every
+    other column. See the module docstring for the accepted forms of `dataset`;
+    `columns` maps canonical names to source columns (None values mean the layout's
+    default). Raises DataError."""
     overrides = _check_columns(columns)
     if hasattr(dataset, "to_list") or (isinstance(dataset, (list, tuple)) and all(isinstance(r, dict)
                                                                                  for r in dataset)):
@@ -75,7 +85,7 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None) -> li
         if not records:
             raise DataError("data.dataset: the in-memory dataset has no rows")
         names = list(dict.fromkeys(k for r in records for k in r))
-        return _canonical_rows(records, names, overrides, "the in-memory dataset")
+        return _canonical_rows(records, names, overrides, "the in-memory dataset", need_answer=need_answer)
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"data.dataset: expected a dataset name, file or folder, a list of dicts or a "
                         f"datasets.Dataset, got {type(dataset).__name__}")
@@ -105,12 +115,13 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None) -> li
                             f"dataset folders and hub ids")
         records, names = _read_file(path)
         text_table = path.suffix.lower() in CSV_SUFFIXES
-        return _canonical_rows(records, names, overrides, str(path), prompt_json=text_table)
+        return _canonical_rows(records, names, overrides, str(path), prompt_json=text_table,
+                              need_answer=need_answer)
     if path.is_dir():
-        return _load_hf(str(path), split, overrides, local=True)
+        return _load_hf(str(path), split, overrides, local=True, need_answer=need_answer)
     if _looks_like_path(dataset):
         raise DataError(f"data.dataset: no such file or folder: {path}")
-    return _load_hf(dataset, split, overrides, local=False)
+    return _load_hf(dataset, split, overrides, local=False, need_answer=need_answer)
 
 
 def _check_columns(columns) -> dict[str, str]:
@@ -253,7 +264,7 @@ def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
     return table.to_pylist(), list(table.column_names)
 
 
-def _load_hf(name: str, split: Optional[str], overrides: dict, local: bool) -> list[dict]:
+def _load_hf(name: str, split: Optional[str], overrides: dict, local: bool, need_answer: bool = True) -> list[dict]:
     try:
         import datasets
     except ImportError:
@@ -286,15 +297,21 @@ def _load_hf(name: str, split: Optional[str], overrides: dict, local: bool) -> l
         raise DataError(f"{where}: expected a table dataset, got {type(ds).__name__}")
     if len(ds) == 0:
         raise DataError(f"{where}: the dataset has no rows")
-    return _canonical_rows(ds.to_list(), list(ds.column_names), overrides, where)
+    return _canonical_rows(ds.to_list(), list(ds.column_names), overrides, where, need_answer=need_answer)
 
 
 def _canonical_rows(records: list[dict], names: list[str], overrides: dict, where: str,
-                    prompt_json: bool = False) -> list[dict]:
+                    prompt_json: bool = False, need_answer: bool = True) -> list[dict]:
     """Map source columns to `prompt` / `demonstration` / `answer` (verl layout
     detected by a `reward_model` column) and normalise values to plain Python."""
+    optional_answer = not need_answer
     verl = "reward_model" in names
     mapping = {**(VERL_COLUMNS if verl else DEFAULT_COLUMNS), **overrides}
+    if not verl and "prompt" not in overrides and "prompt" not in names and "messages" in names:
+        return _conversation_rows(records, names, overrides, where, optional_answer)
+    if (not verl and "demonstration" not in overrides and "demonstration" not in names
+            and "completion" in names):  # TRL's prompt-completion format
+        mapping["demonstration"] = "completion"
     getters: dict[str, tuple[str, Optional[str]]] = {}
     consumed: set[str] = set()
     for fld in CANONICAL:
@@ -305,6 +322,8 @@ def _canonical_rows(records: list[dict], names: list[str], overrides: dict, wher
             getters[fld] = tuple(col.split(".", 1))  # type: ignore[assignment]
         elif fld == "demonstration" and fld not in overrides:
             continue  # no demonstrations in this data (fine unless the preset needs them)
+        elif fld == "answer" and optional_answer and fld not in overrides:
+            continue  # no reward reads an answer
         else:
             how = "configured" if fld in overrides else ("default for the verl/LUFFY layout" if verl else "default")
             raise DataError(f"{where}: no column {col!r} for field {fld!r} ({how}); the columns are {names}. "
@@ -330,6 +349,37 @@ def _canonical_rows(records: list[dict], names: list[str], overrides: dict, wher
                 row[fld] = _norm_answer(value)
         for k, v in rec.items():
             if k not in consumed and k not in CANONICAL:
+                row[k] = to_plain(v)
+        out.append(row)
+    return out
+
+
+def _conversation_rows(records: list[dict], names: list[str], overrides: dict, where: str,
+                       optional_answer: bool) -> list[dict]:
+    """TRL's conversational format: a `messages` column; the last assistant turn is the
+    demonstration, the turns before it the prompt."""
+    ans_col = overrides.get("answer", "answer")
+    if ans_col not in names and not optional_answer:
+        raise DataError(f"{where}: no column {ans_col!r} for field 'answer'; the columns are {names}. Name the "
+                        f"column with data.answer_column, or use a reward function that does not read `answer`")
+    out = []
+    for i, rec in enumerate(records):
+        msgs = _norm_prompt(rec.get("messages"), False)
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise DataError(f"{where} row {i}: field 'messages' must be a non-empty list of chat messages "
+                            f"({{'role': ..., 'content': ...}}), got {type(msgs).__name__}")
+        row: dict[str, Any] = {}
+        if msgs[-1].get("role") == "assistant":
+            if len(msgs) == 1:
+                raise DataError(f"{where} row {i}: field 'messages' has only an assistant turn; the turns before "
+                                f"the last assistant turn are the prompt")
+            row["prompt"], row["demonstration"] = msgs[:-1], msgs[-1].get("content")
+        else:
+            row["prompt"] = msgs
+        if ans_col in names:
+            row["answer"] = _norm_answer(rec.get(ans_col))
+        for k, v in rec.items():
+            if k not in ("messages", ans_col) and k not in CANONICAL:
                 row[k] = to_plain(v)
         out.append(row)
     return out
@@ -506,25 +556,27 @@ def _check_demos(i: int, row: dict, need_demos: bool) -> list[str]:
     return demos
 
 
-def validate_row(i: int, row: dict, need_demos: bool) -> tuple[Any, list[str], Any]:
-    """(prompt, demonstrations, answer) of row i, or DataError naming the row and field."""
+def validate_row(i: int, row: dict, need_demos: bool, need_answer: bool = True) -> tuple[Any, list[str], Any]:
+    """(prompt, demonstrations, answer) of row i, or DataError naming the row and field; without
+    `need_answer` a row may have no answer (None)."""
     if not isinstance(row, dict):
         raise DataError(f"row {i}: expected a mapping of fields, got {type(row).__name__}")
     prompt = _check_prompt(i, row)
-    answer = _check_answer(i, row)
+    answer = _check_answer(i, row) if need_answer or "answer" in row else None
     demos = _check_demos(i, row, need_demos)
     return prompt, demos, answer
 
 
 def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, log=print,
-                     n_demos: int = 1) -> list[Example]:
+                     n_demos: int = 1, need_answer: bool = True) -> list[Example]:
     """Validate and encode every row before training. With `need_demos`, every row must hold at
-    least `n_demos` (rollout.n_demos) demonstrations: a group never repeats one."""
+    least `n_demos` (rollout.n_demos) demonstrations: a group never repeats one. Without
+    `need_answer` (no reward reads `answer`) rows may have none."""
     if not rows:
         raise DataError("the training dataset is empty")
     examples, dropped, truncated = [], 0, 0
     for i, row in enumerate(rows):
-        prompt, demos, answer = validate_row(i, row, need_demos)
+        prompt, demos, answer = validate_row(i, row, need_demos, need_answer)
         if need_demos and len(demos) < n_demos:
             raise DataError(f"row {i}: field 'demonstration' has {len(demos)} demonstration(s), fewer than "
                             f"rollout.n_demos={n_demos} per group (a group would repeat one); lower "
@@ -548,7 +600,7 @@ def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, lo
             dropped += 1
             continue
         cols = {k: v for k, v in row.items() if k not in ("prompt", "demonstration")}
-        examples.append(Example(i, prompt, prompt_ids, demos, demo_ids, str(answer), cols))
+        examples.append(Example(i, prompt, prompt_ids, demos, demo_ids, None if answer is None else str(answer), cols))
     if dropped or truncated:
         log(f"[srft] demonstrations over data.max_demo_tokens={data_cfg.max_demo_tokens}: "
             f"{dropped} rows dropped, {truncated} demonstrations truncated")

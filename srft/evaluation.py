@@ -35,9 +35,10 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
 
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0,
-             dist=None, system_prompt: Optional[str] = None, chat: str = "auto") -> dict:
+             dist=None, system_prompt: Optional[str] = None, chat: str = "auto", state=None) -> dict:
     """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}
-    (the same on every rank). Prompts are encoded as in training (`system_prompt`, `chat`)."""
+    (the same on every rank). Prompts are encoded as in training (`system_prompt`, `chat`);
+    `state` (a srft.rewards.RewardState) is the rewards' `trainer_state`."""
     from srft.distributed import Dist
     from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
@@ -61,9 +62,12 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
             for ids, m in zip(out.response_ids[:n_local], out.response_mask[:n_local])
         ]
         real = [rows[i] for i in own[:n_real]]
-        cols = {c: [r.get(c) for r in real for _ in range(k)] for c in rows[0] if c != "prompt"}
+        # the reward sees what it sees in training: every column but the prompt and demonstration
+        cols = {c: [r.get(c) for r in real for _ in range(k)] for c in rows[0] if c not in ("prompt", "demonstration")}
         prompts = [r["prompt"] for r in real for _ in range(k)]
-        rewards, _ = score_completions(reward_fn, prompts, completions, cols) if real else ([], 0)
+        ids = [x[m.bool()].tolist() for x, m in zip(out.response_ids[:n_local], out.response_mask[:n_local])]
+        rewards, _ = (score_completions(reward_fn, prompts, completions, cols, completion_ids=ids, state=state)
+                      if real else ([], 0))
         lengths = out.lengths[:n_local].tolist()
         local = [(i, rewards[a * k : (a + 1) * k], lengths[a * k : (a + 1) * k],
                   [{"prompt": prompts[a * k + j], "completion": completions[a * k + j], "reward": rewards[a * k + j]}

@@ -50,11 +50,12 @@ Time-limit design
 Sympy can take unbounded time, or hang inside a single C call (a power tower
 ``9^{9^{9^{9}}}`` evaluates a huge integer), where no signal-based timeout
 fires. So:
-- hard limit: `MathVerifier` runs `verify_one` in worker PROCESSES (``spawn``
-  context: no fork of a process holding torch/CUDA threads). The parent gives
-  one item to each idle worker and waits on all pipes and process sentinels with
-  a deadline; a worker that has not answered ``timeout_s`` seconds after it got
-  its item is SIGKILLed and replaced, the item scores 0.0 and
+- hard limit: `MathVerifier` runs `verify_one` in worker PROCESSES, each a
+  fresh interpreter (see "Worker start" below; no fork of a process holding
+  torch/CUDA threads). The parent gives one item to each idle worker and waits
+  on all worker sockets with a deadline (a dead worker closes its end); a
+  worker that has not answered ``timeout_s`` seconds after it got its item is
+  SIGKILLed and replaced, the item scores 0.0 and
   ``stats["timeouts"]`` is incremented. A worker that dies while answering is
   replaced the same way (``stats["crashes"]``). Replacements start in the
   background; the clock of an item only starts once a worker is ready (imports
@@ -69,6 +70,26 @@ fires. So:
   main thread (signals cannot be used elsewhere); from other threads it runs
   without a limit, so use a `MathVerifier` whenever the input is untrusted.
 
+Worker start
+------------
+Each worker is ``subprocess.Popen([sys.executable, "-c", <import
+srft.math_reward and call _worker_entry>])``: a fresh interpreter that imports
+only this module (and math_verify), never the user's ``__main__`` script (as
+multiprocessing's ``spawn`` would), so plain scripts without an ``if __name__
+== "__main__":`` guard, notebooks and ``python -c`` work. Parent and worker
+talk over a ``socket.socketpair()`` (the worker's end passed with
+``pass_fds``), wrapped in `multiprocessing.connection.Connection`. The
+directory holding the ``srft`` package is put first on the worker's
+``PYTHONPATH`` (a source tree works without installing), the rest of the
+environment is inherited; the current directory is not on the worker's
+``sys.path``. stdin is ``/dev/null``, stdout/stderr are the parent's (import
+errors stay visible). A worker that cannot import math_verify reports it and
+exits, and the parent raises ``RuntimeError`` at once ("... is math-verify
+installed?"); a worker that exits during start-up without a report is retried,
+and after ``3 * num_workers`` failures in a row the parent raises with the exit
+code. Ctrl-C is ignored in workers; workers left running by an unclosed
+verifier are killed at interpreter exit.
+
 Deviations / choices worth knowing
 ----------------------------------
 - Predictions longer than ``max_answer_chars`` (2,000; the longest ground truth
@@ -79,9 +100,6 @@ Deviations / choices worth knowing
   digit string like ``2e-1`` is therefore read as 0.2, never as 2e - 1.
 - A single capital letter A-J as ground truth is always treated as a choice
   letter, never as a symbol.
-- Workers are started with ``spawn``: as with any multiprocessing code, a
-  script that uses the reward must guard its entry point with
-  ``if __name__ == "__main__":``.
 - ``SRFT_MATH_WORKERS`` / ``SRFT_MATH_TIMEOUT`` override the defaults (2
   workers, 5 s) of the module-level verifier used by `math_reward`.
 - Test hook: when ``SRFT_TEST_CRASH_HOOK=1`` is in the worker's environment,
@@ -94,11 +112,13 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -358,14 +378,32 @@ class _TimeoutCounter(logging.Filter):
         return not msg.startswith("Timeout is disabled")  # expected when soft_timeout_s=0
 
 
+def _worker_entry(fd: int, op_timeout: int) -> None:
+    """Entry point of a worker interpreter (see `_Worker`): `fd` is its end of the socket pair."""
+    conn = mp_connection.Connection(fd)
+    try:
+        _worker_main(conn, op_timeout)
+    finally:
+        conn.close()
+
+
 def _worker_main(conn, op_timeout: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    try:
+        import math_verify  # noqa: F401
+    except BaseException as e:  # ImportError, or anything math_verify's own imports raise
+        try:
+            conn.send(("error", f"the worker cannot import math_verify ({type(e).__name__}: {e}); "
+                                f"is math-verify installed for {sys.executable}?"))
+        except Exception:
+            pass
+        sys.exit(1)
     counter = _TimeoutCounter()
     for name in ("math_verify.parser", "math_verify.grader", "math_verify.utils"):
         logging.getLogger(name).addFilter(counter)
     hooks = os.environ.get(CRASH_HOOK_ENV) == "1"
     op_timeout = op_timeout if op_timeout and op_timeout > 0 else None
-    verify_one("1", "1", op_timeout=op_timeout)  # import and warm up before announcing readiness
+    verify_one("1", "1", op_timeout=op_timeout)  # warm up (sympy, parsers) before announcing readiness
     try:
         conn.send(("ready", os.getpid()))
         while True:
@@ -384,28 +422,75 @@ def _worker_main(conn, op_timeout: int | None) -> None:
         pass  # parent gone or closing
 
 
-class _Worker:
-    __slots__ = ("proc", "conn", "ready", "task", "deadline", "started")
+# the directory holding the srft package: first on the workers' PYTHONPATH, so that a
+# source tree works without installing
+_SRFT_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# run by each worker interpreter; the current directory ('' with -c) is dropped from
+# sys.path so that a user's file named like a dependency (sympy.py ...) cannot shadow it
+_WORKER_CODE = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+    "from srft.math_reward import _worker_entry\n"
+    "_worker_entry(int(sys.argv[1]), int(sys.argv[2]))\n"
+)
+# live worker processes -> pid of the process that started them (killed at exit if still running)
+_CHILDREN: dict[subprocess.Popen, int] = {}
 
-    def __init__(self, ctx, op_timeout: int):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn, op_timeout), daemon=True,
-                                name="srft-math-verify")
-        self.proc.start()
-        child_conn.close()
-        self.conn = parent_conn
+
+@atexit.register
+def _kill_children() -> None:
+    for proc, owner in list(_CHILDREN.items()):
+        if owner == os.getpid() and proc.poll() is None:
+            try:
+                proc.kill()
+            except Exception:
+                pass
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _SRFT_PARENT + (os.pathsep + old if old else "")
+    return env
+
+
+class _Worker:
+    """One worker interpreter running `_worker_entry`, connected by a socket pair."""
+
+    __slots__ = ("proc", "conn", "ready", "task", "deadline", "started", "error")
+
+    def __init__(self, op_timeout: int):
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            fd = child_sock.fileno()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, str(fd), str(int(op_timeout))],
+                pass_fds=(fd,), stdin=subprocess.DEVNULL, env=_worker_env(),
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        _CHILDREN[self.proc] = os.getpid()
+        self.conn = mp_connection.Connection(parent_sock.detach())
         self.ready = False
         self.task: int | None = None
         self.deadline = 0.0
         self.started = time.monotonic()
+        self.error: str | None = None  # start-up error reported by the worker
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def kill(self) -> None:
         try:
-            if self.proc.is_alive():
+            if self.proc.poll() is None:
                 self.proc.kill()
-            self.proc.join(timeout=2)
+            self.proc.wait(timeout=2)
         except Exception:
             pass
+        _CHILDREN.pop(self.proc, None)
         try:
             self.conn.close()
         except Exception:
@@ -436,7 +521,6 @@ class MathVerifier:
         self.op_timeout = max(1, int(self.timeout_s / 2)) if soft_timeout_s is None else int(soft_timeout_s)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.last_stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-        self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -463,7 +547,7 @@ class MathVerifier:
                     pass
             for w in self._workers:
                 try:
-                    w.proc.join(timeout=0.5)
+                    w.proc.wait(timeout=0.5)
                 except Exception:
                     pass
                 w.kill()
@@ -476,11 +560,11 @@ class MathVerifier:
             self._workers = []
             self._pid = os.getpid()
         while len(self._workers) < self.num_workers:
-            self._workers.append(_Worker(self._ctx, self.op_timeout))
+            self._workers.append(_Worker(self.op_timeout))
 
     def _replace(self, i: int) -> None:
         self._workers[i].kill()
-        self._workers[i] = _Worker(self._ctx, self.op_timeout)
+        self._workers[i] = _Worker(self.op_timeout)
 
     # -- scoring
     def score(self, preds: Sequence[str | None], golds: Sequence[str]) -> list[float]:
@@ -536,7 +620,7 @@ class MathVerifier:
             limits = [w.deadline if w.ready else w.started + self.startup_timeout_s for w in self._workers
                       if w.task is not None or not w.ready]
             wait_s = max(0.0, min(limits) - now) if limits else 0.05
-            handles = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
+            handles = [w.conn for w in self._workers]  # a dead worker's socket reads as EOF
             try:
                 mp_connection.wait(handles, timeout=min(wait_s, 1.0) + 0.001)
             except OSError:
@@ -553,22 +637,26 @@ class MathVerifier:
                 if msg[0] == "ready":
                     w.ready = True
                     self._start_failures = 0
+                elif msg[0] == "error":
+                    w.error = str(msg[1])
                 elif msg[0] == "res" and w.task == msg[1]:
                     out[msg[1]] = float(msg[2])
                     call["soft_timeouts"] += int(msg[3])
                     w.task = None
         except (EOFError, OSError):
             dead = True
-        if not dead and not w.proc.is_alive():
+        if not dead and not w.alive():
             dead = True
         now = time.monotonic()
         if dead:
             if w.task is not None:
                 call["crashes"] += 1
                 out[w.task] = 0.0
-                logger.warning("math verifier worker died on an answer (exit code %s); replaced", w.proc.exitcode)
+                logger.warning("math verifier worker died on an answer (exit code %s); replaced",
+                               self._exit_code(w))
             elif not w.ready:
-                self._note_start_failure(f"worker exited during start-up (exit code {w.proc.exitcode})")
+                self._note_start_failure(w.error or f"worker exited during start-up (exit code {self._exit_code(w)}; "
+                                                    "its error, if any, is on stderr above)", fatal=w.error is not None)
             call["restarts"] += 1
             self._replace(k)
         elif w.task is not None and now > w.deadline:
@@ -581,15 +669,23 @@ class MathVerifier:
             call["restarts"] += 1
             self._replace(k)
 
-    def _note_start_failure(self, why: str) -> None:
+    @staticmethod
+    def _exit_code(w: _Worker) -> int | None:
+        try:
+            return w.proc.wait(timeout=1)  # the socket closes just before the process is reaped
+        except Exception:
+            return w.proc.returncode
+
+    def _note_start_failure(self, why: str, fatal: bool = False) -> None:
+        """A worker failed to start; raise when it said why (`fatal`) or after 3 failures per worker."""
         self._start_failures += 1
         logger.warning("math verifier: %s", why)
-        if self._start_failures >= 3 * self.num_workers:
+        if fatal or self._start_failures >= 3 * self.num_workers:
             for w in self._workers:
                 w.kill()
             self._workers = []
             self._start_failures = 0
-            raise RuntimeError(f"math verifier workers cannot start ({why}); is math-verify installed?")
+            raise RuntimeError(f"math verifier workers cannot start: {why}")
 
 
 # --------------------------------------------------------------------------- TRL-style reward

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 METRICS: dict[str, str] = {
-    "step": "optimiser step (one rollout batch per step)",
+    "step": "training step: one rollout batch (train.mini_batches x train.epochs_per_batch optimiser steps)",
     "train/stage": "stage of a multi-stage run (sft_then_grpo: 1 = SFT, 2 = GRPO); top-level metrics.jsonl only",
     "reward/mean": "mean reward of the on-policy rollouts of the step (demonstrations excluded)",
     "reward/demo": "mean reward of the demonstrations in the groups",
@@ -110,9 +110,10 @@ class MetricsWriter:
                                  step=step)
 
 
-def truncate_metrics(path: Path, last_step: int) -> int:
+def truncate_metrics(path: Path, last_step: int, one_row_per_step: bool = True) -> int:
     """Keep the rows of steps <= last_step (a resumed run goes on from there), dropping
-    later rows and a line cut short by a crash; rewritten atomically. Returns the rows kept."""
+    later rows and a line cut short by a crash (and, with `one_row_per_step`, repeated
+    steps); rewritten atomically. Returns the rows kept."""
     p = Path(path)
     kept, seen = [], set()
     for line in (p.read_text(errors="replace").splitlines() if p.exists() else []):
@@ -121,7 +122,7 @@ def truncate_metrics(path: Path, last_step: int) -> int:
         except json.JSONDecodeError:
             continue
         step = row.get("step") if isinstance(row, dict) else None
-        if isinstance(step, int) and step <= last_step and step not in seen:
+        if isinstance(step, int) and step <= last_step and not (one_row_per_step and step in seen):
             seen.add(step)
             kept.append(line + "\n")
     tmp = p.with_name(f".tmp-{p.name}")

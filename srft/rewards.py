@@ -6,7 +6,9 @@ A reward function is a plain callable, called as TRL calls it, with keyword argu
               trainer_state=RewardState(global_step, max_steps), **columns) -> list[float | None]
 
 where `columns` holds every other dataset column as a list aligned with `completions` (e.g.
-`answer=[...]`). A function that takes `**kwargs` gets all of them; one that does not gets only
+`answer=[...]`). As in TRL, a completion is a string when its prompt is a string, and a message
+list `[{"role": "assistant", "content": text}]` when its prompt is a message list (conversational
+data); a function may be `async` (it is run to completion). A function that takes `**kwargs` gets all of them; one that does not gets only
 the arguments it names (TRL passes them all and such a function fails there). So TRL's
 quickstart rewards, e.g. `def reward_len(completions, **kwargs)`, work unchanged, and so do
 srft's own `(prompts, completions, answer, **_)`. Rewards know nothing about models. `None`
@@ -98,6 +100,34 @@ def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], 
     return fns
 
 
+def needs_answer(rewards: Sequence[Reward]) -> bool:
+    """Whether the data must have an `answer` column: some reward function names an `answer`
+    parameter (decided from the signatures; a function taking only `**kwargs` needs none)."""
+    for r in rewards:
+        try:
+            params = inspect.signature(r.fn).parameters
+        except (TypeError, ValueError):
+            return True  # cannot tell: ask for it
+        if "answer" in params:
+            return True
+    return False
+
+
+def _run_coroutine(coro):
+    """Run an awaitable to completion; in a thread of its own when this thread already runs an
+    event loop (a Jupyter notebook does), where asyncio.run would refuse."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float]]:
     fn = reward.fn
     try:
@@ -107,6 +137,8 @@ def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float
     if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in params}
     out = fn(**kwargs)
+    if inspect.isawaitable(out):  # an async reward function (TRL accepts them too)
+        out = _run_coroutine(out)
     if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
         raise ValueError(f"reward function {reward.name!r} returned {type(out).__name__}; expected a list of "
                          f"{n} numbers (or None)")
@@ -134,6 +166,9 @@ def score_completions(
     completion, 0 where no function gave a number, and the number of such completions)."""
     rewards = [Reward(getattr(fn, "__name__", "reward"), fn)] if callable(fn) else list(fn)
     n = len(completions)
+    # TRL's convention: a completion of a conversational prompt (a message list) is a message list
+    completions = [c if isinstance(p, str) or not isinstance(c, str) else [{"role": "assistant", "content": c}]
+                   for p, c in zip(prompts, completions)]
     kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
               "trainer_state": state or RewardState(), **columns}
     per_fn = [_call(r, n, dict(kwargs)) for r in rewards]

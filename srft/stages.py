@@ -55,8 +55,8 @@ def stage_configs(cfg: Config) -> list[Config]:
         else:
             base = apply_overrides(apply_overrides(cfg, unset, "stage defaults"), get_preset(name).overrides,
                                    f"stage {name}")
-        sub = {"train.preset": name, "train.max_steps": n, "train.resume": "",
-               "train.output_dir": str(out / f"stage{i + 1}-{name}")}
+        sub = {"train.preset": name, "train.max_steps": n, "train.resume": "", "train.push_to_hub": False,
+               "train.output_dir": str(out / f"stage{i + 1}-{name}")}  # the whole run is pushed, once, at the end
         if i > 0:
             sub["model.name_or_path"] = str(out / f"stage{i}-{names[i - 1]}" / "final")
         c = apply_overrides(base, sub, f"stage {i + 1}")
@@ -147,5 +147,10 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
         from srft.plots import make_plots
 
         make_plots(out)
+        if cfg.train.push_to_hub:
+            from srft.hub import push_to_hub
+
+            result["hub"] = push_to_hub(out, cfg.train.hub_model_id or out.resolve().name,
+                                        private=cfg.train.hub_private, log=log)
     return result
 

@@ -53,7 +53,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -64,9 +64,12 @@ from srft.config import Config, apply_preset, flatten, save_config, to_dict
 from srft.data import PromptSampler, load_rows, pick_demos, prepare_examples
 from srft.distributed import Dist
 from srft.metrics import MetricsWriter, truncate_metrics
+from srft.models import check_model_folder, load_model_and_tokenizer, resolve_model_path  # noqa: F401 (re-exported)
 from srft.objective import LossInputs, Normalizers, compute_loss
 from srft.policy import PolicyScorer
-from srft.rewards import RewardState, resolve_rewards, score_completions
+from srft.preflight import preflight
+from srft.rewards import RewardState, needs_answer, score_completions
+from srft.run_log import CompletionLog, ProgressLog
 from srft.rollout.base import SamplingParams, derive_seed
 
 
@@ -97,56 +100,8 @@ class Sample:
     old_logprobs: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
     sampler_logprobs: Optional[torch.Tensor] = None  # the rollout engine's own log-probs (rollouts only)
-
-
-def resolve_model_path(name_or_path: str, log=print) -> str:
-    if name_or_path == "testbed":
-        from srft.testbed.base_model import ensure_base_model
-
-        return str(ensure_base_model(0, log=log))
-    return name_or_path
-
-
-def check_model_folder(path: str, allow_pickle: bool = False, log=print) -> bool:
-    """A local model folder must exist and hold safetensors weights; anything that
-    does not look like a local path is treated as a hub id. Pickle weights
-    (pytorch_model.bin) load only with `allow_pickle`, with a warning. Returns whether
-    to load with safetensors."""
-    p = Path(path)
-    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if not looks_local:
-        return True
-    if not p.is_dir():
-        raise FileNotFoundError(f"model: no such folder {path}")
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"model: {path} has no config.json (not a Hugging Face model folder)")
-    if any(p.glob("*.safetensors")):
-        return True
-    pickles = sorted(q.name for q in p.glob("*.bin")) + sorted(q.name for q in p.glob("*.pt"))
-    if pickles and allow_pickle:
-        log(f"[srft] warning: {path} has pickle weights only ({', '.join(pickles)}); loading them because "
-            f"model.allow_pickle is true (unpickling can run code: only do this for files you trust)")
-        return False
-    hint = (f" (found pickle weights {pickles}: convert them to safetensors, or pass --model.allow_pickle true "
-            f"if you trust the files)") if pickles else ""
-    raise FileNotFoundError(f"model: {path} has no *.safetensors weights{hint}")
-
-
-def load_model_and_tokenizer(name_or_path: str, model_cfg, log=print):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(name_or_path, log=log)
-    use_safetensors = check_model_folder(path, getattr(model_cfg, "allow_pickle", False), log=log)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {model_cfg.dtype!r}")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=use_safetensors
-    )
-    return model, tok, path
+    prompt: Any = None  # the row's prompt (text or messages) and the response text, for completions.jsonl
+    text: str = ""
 
 
 def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[str, torch.Tensor]:
@@ -206,7 +161,8 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg, _ = apply_preset(cfg)  # a preset set in Python trains what it says (see apply_preset)
-        cfg.validate()
+        # fields, choices, reward imports, tracker packages, model folder: before the data and the model
+        self.reward_fn = preflight(cfg, model_given=model is not None)
         self.cfg = cfg
         if cfg.train.resume:
             cfg.train.output_dir = cfg.train.resume
@@ -215,10 +171,10 @@ class Trainer:
         refuse_used_output_dir(cfg)
         _keep_matplotlib_cache_in(self.out)  # before anything imports matplotlib (reasoning-gym does)
         d = cfg.data
-        # reward functions before the data and the model: an import error is reported at once
-        self.reward_fn = resolve_rewards(d.reward, d.dataset, d.reward_weights)
+        self.need_answer = needs_answer(self.reward_fn)
         rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
-            "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
+            "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column},
+            need_answer=self.need_answer)
         set_seed(cfg.train.seed)
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per
@@ -248,7 +204,7 @@ class Trainer:
             self.model_path = resume_state["model"]
         need_demos = cfg.rollout.n_demos > 0
         self.examples = prepare_examples(rows, self.tokenizer, cfg.data, need_demos, log=self.log,
-                                         n_demos=cfg.rollout.n_demos)
+                                         n_demos=cfg.rollout.n_demos, need_answer=self.need_answer)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.eval_sets = self._eval_sets()
@@ -377,17 +333,30 @@ class Trainer:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
-    def _eval_sets(self):
-        if self.cfg.eval.limit == 0:
+    def _eval_sets(self) -> dict[str, tuple[list[dict], Any]]:
+        """{set name: (rows, reward)}: eval.dataset (scored by the run's reward), eval.benchmark (each
+        data_source a set, scored by the math verifier), or the testbed's sets on the testbed."""
+        e = self.cfg.eval
+        if e.limit == 0:
             return {}
-        if self.cfg.eval.dataset is not None:
-            rows = load_rows(self.cfg.eval.dataset, self.cfg.train.seed)
-            return {"eval": rows[: self.cfg.eval.limit] if self.cfg.eval.limit else rows}
-        if self.cfg.data.dataset == "testbed":
+        sets: dict[str, tuple[list[dict], Any]] = {}
+        if e.dataset is not None:
+            d = self.cfg.data  # read with the training data's column names
+            rows = load_rows(e.dataset, self.cfg.train.seed, need_answer=self.need_answer, columns={
+                "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
+            sets["eval"] = (rows[: e.limit] if e.limit else rows, self.reward_fn)
+        if e.benchmark is not None:
+            from srft.benchmarks import load_benchmark
+            from srft.rewards import get_reward_fn
+
+            math_fn = get_reward_fn("math")
+            for p in load_benchmark(e.benchmark, e.limit):
+                sets.setdefault(p["source"], ([], math_fn))[0].append({"prompt": p["prompt"], "answer": p["answer"]})
+        if not sets and self.cfg.data.dataset == "testbed":
             from srft.evaluation import testbed_eval_sets
 
-            return testbed_eval_sets(self.cfg.eval.limit)
-        return {}
+            sets = {k: (v, self.reward_fn) for k, v in testbed_eval_sets(e.limit).items()}
+        return sets
 
     # ------------------------------------------------------------------ steps
     def _sample_groups(self) -> tuple[list[Sample], dict]:
@@ -422,13 +391,13 @@ class Trainer:
         for a, (g, ex) in enumerate(exs):
             for k in range(K):
                 ids = roll_ids[a * K + k]
-                samples.append(Sample(g, ex.prompt_ids, ids, False, entropy=roll_ent[a * K + k],
-                                      sampler_logprobs=roll_lp[a * K + k]))
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                samples.append(Sample(g, ex.prompt_ids, ids, False, entropy=roll_ent[a * K + k],
+                                      sampler_logprobs=roll_lp[a * K + k], prompt=ex.prompt, text=texts[-1]))
                 prompts.append(ex.prompt)
                 col_rows.append(ex)
             for j in pick_demos(ex, D):
-                samples.append(Sample(g, ex.prompt_ids, ex.demo_ids[j], True))
+                samples.append(Sample(g, ex.prompt_ids, ex.demo_ids[j], True, prompt=ex.prompt, text=ex.demo_texts[j]))
                 texts.append(ex.demo_texts[j])
                 prompts.append(ex.prompt)
                 col_rows.append(ex)
@@ -607,6 +576,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         lr = self.scheduler.get_last_lr()[0]
         samples, info = self._sample_groups()
+        self.last_samples = samples
         one_pass = self.one_pass and all(s.entropy is not None for s in samples if not s.is_demo)
         ent = self._sampler_entropy(samples) if one_pass else self._old_logprobs(samples)
         batch_entropy = (ent["entropy/rollout"] if math.isfinite(ent["entropy/rollout"])
@@ -646,9 +616,13 @@ class Trainer:
         if not self.eval_sets:
             return {}
         self.engine.sync_weights(self.unwrapped)
-        return evaluate(self.unwrapped, self.tokenizer, self.eval_sets, self.reward_fn, self.cfg.eval,
-                        engine=self.engine, seed=self.cfg.train.seed, dist=self.dist,
-                        system_prompt=self.cfg.data.system_prompt, chat=self.cfg.data.chat_template)
+        out = {}
+        for name, (rows, reward) in self.eval_sets.items():
+            out.update(evaluate(self.unwrapped, self.tokenizer, {name: rows}, reward, self.cfg.eval,
+                                engine=self.engine, seed=self.cfg.train.seed, dist=self.dist,
+                                system_prompt=self.cfg.data.system_prompt, chat=self.cfg.data.chat_template,
+                                state=RewardState(global_step=self.step, max_steps=self.cfg.train.max_steps)))
+        return out
 
     def _check_finite(self, what: str) -> None:
         """Refuse to save non-finite weights (the previous checkpoint stays as it is); every rank
@@ -691,17 +665,22 @@ class Trainer:
             hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(to_dict(cfg)).items()}
             self.accelerator.init_trackers("srft", config=hp)
         t_start = time.perf_counter()
+        completions = CompletionLog(self.out / "completions.jsonl", cfg.train.log_completions, cfg.train.log_every,
+                                    cfg.train.seed, enabled=dist.is_main)
         if self.resume_from:  # the "before" evaluation and the history come from the checkpoint
             if dist.is_main:
                 truncate_metrics(self.out / "metrics.jsonl", self.step)
                 if (self.out / "rollouts.jsonl").exists():
                     truncate_metrics(self.out / "rollouts.jsonl", self.step)
+                if (self.out / "completions.jsonl").exists():
+                    truncate_metrics(self.out / "completions.jsonl", self.step, one_row_per_step=False)
             before, history = self.eval_before, self.eval_history
         else:
             if dist.is_main:
                 (self.out / "metrics.jsonl").write_text("")
                 if cfg.train.save_rollouts:
                     (self.out / "rollouts.jsonl").write_text("")
+                completions.start(fresh=True)
             before = self.evaluate()
             history = [{"step": 0, **{k: v["accuracy"] for k, v in before.items()}}] if before else []
         self.eval_before, self.eval_history = before, history
@@ -711,6 +690,7 @@ class Trainer:
         bar = tqdm(range(self.step, cfg.train.max_steps), desc=f"train {cfg.train.preset}",
                    disable=None if dist.is_main else True)
         after = before
+        progress = ProgressLog(self.log, cfg.train.max_steps, cfg.train.log_every, self.step, time.perf_counter())
         for _ in bar:
             m = self.train_step()
             self.nonfinite_streak = self.nonfinite_streak + 1 if m["optim/skipped_updates"] else 0
@@ -724,6 +704,8 @@ class Trainer:
                 if last:
                     after = res
             self.metrics.write(self.step, m)
+            completions.write(self.step, self.last_samples, cfg.train.max_steps)
+            progress.step(self.step, m, time.perf_counter())
             self._stop_if_nonfinite()
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}" if math.isfinite(m["reward/mean"]) else "-",
                             H=f"{m['entropy/rollout']:.2f}" if math.isfinite(m["entropy/rollout"]) else "-")
@@ -739,6 +721,11 @@ class Trainer:
             from srft.plots import make_plots
 
             make_plots(self.out)
+            if cfg.train.push_to_hub:
+                from srft.hub import push_to_hub
+
+                result["hub"] = push_to_hub(self.out, cfg.train.hub_model_id or self.out.resolve().name,
+                                            private=cfg.train.hub_private, log=self.log)
         if self.metrics.use_trackers:
             self.accelerator.end_training()
         dist.barrier()

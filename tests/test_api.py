@@ -19,10 +19,11 @@ from srft import SRFTConfig, SRFTTrainer
 def reward_len(completions, **kwargs):  # TRL's quickstart reward signature
     return [-abs(6 - len(c)) / 6 for c in completions]
 
-rows = [{"prompt": f"{a} + {b} =", "demonstration": f" {a + b}", "answer": str(a + b)}
+rows = [{"prompt": f"{a} + {b} =", "completion": f" {a + b}"}  # TRL's prompt-completion format
         for a in range(9) for b in range(9)]
 cfg = SRFTConfig()
 cfg.train.max_steps, cfg.train.prompts_per_step, cfg.train.save_every = 2, 4, 0
+cfg.train.log_every = 1
 cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens = 8, 8
 cfg.train.output_dir = "runs/api"
 trainer = SRFTTrainer(model=MODEL, args=cfg, train_dataset=rows[:60],
@@ -38,8 +39,19 @@ def test_notebook_style_script(tiny_model_dir, tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == "2"
+    out = r.stdout.strip().splitlines()
+    assert out[-1] == "2"
+    # stdout is not a terminal: one plain progress line per train.log_every steps
+    progress = [x for x in out if x.startswith("[srft] step ")]
+    assert [x.split()[2] for x in progress] == ["1/2", "2/2"], out
+    assert "tok/s" in progress[0] and "elapsed" in progress[0] and "eval eval " in progress[1]
     run = tmp_path / "runs" / "api"
+    done = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+    assert {c["step"] for c in done} == {1, 2} and all(set(c) == {"step", "group", "prompt", "completion",
+                                                                   "reward", "advantage", "demo"} for c in done)
+    assert any(c["demo"] for c in done) and any(not c["demo"] for c in done)
+    demo = next(c for c in done if c["demo"])
+    assert demo["completion"] == " " + str(eval(demo["prompt"].rstrip(" ="))) and demo["prompt"].endswith("=")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows if "loss/total" in x] == [1, 2]
     assert "loss/sft_demo" in rows[0]  # SRFT, the default preset
@@ -74,3 +86,91 @@ def test_model_object_and_preset_name(tiny_model_dir, tmp_path):
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert "loss/rl_self" in row and "loss/sft_demo" not in row
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def _tiny(tmp_path, **train):
+    from srft import SRFTConfig
+
+    cfg = SRFTConfig()
+    cfg.train.max_steps, cfg.train.prompts_per_step, cfg.train.save_every = 1, 4, 0
+    cfg.rollout.n_rollouts, cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens = 3, 6, 6
+    cfg.train.output_dir = str(tmp_path / "run")
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_conversational_messages_dataset_trains(tiny_model_dir, tmp_path):
+    """TRL's `messages` format: the last assistant turn is the demonstration; no `answer` column,
+    since the reward does not name one."""
+    from srft import SRFTTrainer
+
+    def reward_len(completions, **kwargs):
+        return [-abs(6 - len(c)) / 6 for c in completions]
+
+    rows = [{"messages": [{"role": "user", "content": f"{a} + {b} ="}, {"role": "assistant", "content": f"{a + b}"}]}
+            for a in range(4) for b in range(4)]
+    out = SRFTTrainer(model=str(tiny_model_dir), args=_tiny(tmp_path, log_every=1), train_dataset=rows,
+                      reward_funcs=reward_len).train()
+    assert out["steps"] == 1
+    done = [json.loads(x) for x in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    demo = next(c for c in done if c["demo"])
+    a, b = (int(x) for x in demo["prompt"][0]["content"].rstrip(" =").split(" + "))
+    assert demo["completion"] == str(a + b)
+
+
+def test_periodic_evaluation_on_a_benchmark_file(tiny_model_dir, tmp_path):
+    """--eval.benchmark FILE: each data_source is an evaluation set scored by the math verifier,
+    avg@k, before, every train.eval_every steps and after, into eval.json, metrics and the plot."""
+    import pandas as pd
+
+    from srft import SRFTTrainer
+    from tests.conftest import tiny_rows, verl_row
+
+    bench = tmp_path / "bench.parquet"
+    pd.DataFrame([verl_row(i, f"{i} + 1 = ?", "x", str(i + 1), source="add") for i in range(3)] +
+                 [verl_row(9, "Pick A.", "x", "A", source="choice")]).to_parquet(bench)
+    cfg = _tiny(tmp_path, max_steps=2, eval_every=1)
+    cfg.eval.benchmark, cfg.eval.k, cfg.eval.temperature = str(bench), 2, 1.0
+    out = SRFTTrainer(model=str(tiny_model_dir), args=cfg, train_dataset=tiny_rows(), reward_funcs="testbed").train()
+    assert set(out["before"]) == set(out["after"]) == {"add", "choice"}
+    assert out["after"]["add"]["n"] == 3 and out["after"]["add"]["k"] == 2 and out["after"]["choice"]["n"] == 1
+    assert [h["step"] for h in out["history"]] == [0, 1, 2]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("eval/add/accuracy" in r and "eval/choice/accuracy" in r for r in rows)
+    assert (tmp_path / "run" / "plots" / "accuracy.png").exists()
+
+
+def test_push_to_hub_after_training(tiny_model_dir, tmp_path, monkeypatch):
+    """train.push_to_hub: final/ and its model card go to the hub (the hub client's two network
+    calls are replaced by recorders; nothing leaves the machine)."""
+    import huggingface_hub
+
+    from srft import SRFTTrainer
+    from tests.conftest import tiny_rows
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)) or repo_id)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.append(("upload_folder", kw["repo_id"], kw)) or "commit-url")
+    cfg = _tiny(tmp_path, push_to_hub=True, hub_model_id="me/srft-tiny")
+    cfg.eval.limit = 0
+    SRFTTrainer(model=str(tiny_model_dir), args=cfg, train_dataset=tiny_rows(), reward_funcs="testbed").train()
+    assert [c[:2] for c in calls] == [("create_repo", "me/srft-tiny"), ("upload_folder", "me/srft-tiny")]
+    assert Path(calls[1][2]["folder_path"]) == tmp_path / "run" / "final"
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "srft" in card and "Preset" in card
+
+
+def test_peft_config_becomes_the_lora_fields():
+    from peft import LoraConfig
+
+    from srft import SRFTTrainer
+
+    t = SRFTTrainer(args="grpo", peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                         target_modules=["v_proj", "q_proj"]))
+    m = t.args.model
+    assert (m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) == (8, 16, 0.05, "q_proj,v_proj")
+    assert SRFTTrainer(peft_config=LoraConfig(r=4, target_modules="all-linear")).args.model.lora_target_modules \
+        == "all-linear"

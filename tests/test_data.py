@@ -351,3 +351,70 @@ def test_long_demonstrations_do_not_drop_rows_of_a_pure_rl_run():
     assert len(prepare_examples(rows, tok, cfg, need_demos=False, log=lambda *a: None)) == 1
     with pytest.raises(Exception, match="no training rows left"):
         prepare_examples(rows, tok, cfg, need_demos=True, log=lambda *a: None)
+
+
+# ------------------------------------------------------------------ TRL's dataset formats, optional answer
+def test_trl_prompt_completion_format(tmp_path):
+    p = write_jsonl(tmp_path / "pc.jsonl", [
+        {"prompt": "2+2=", "completion": " 4", "answer": "4"},
+        {"prompt": [{"role": "user", "content": "3+3?"}],
+         "completion": [{"role": "assistant", "content": "6"}], "answer": "6"},
+    ])
+    rows = load_rows(str(p))
+    assert rows[0] == {"prompt": "2+2=", "demonstration": " 4", "answer": "4"}
+    assert rows[1] == {"prompt": [{"role": "user", "content": "3+3?"}], "demonstration": "6", "answer": "6"}
+    assert [e.demo_texts for e in prepare(rows)] == [[" 4"], ["6"]]
+    # an explicit demonstration column wins over `completion` (which then passes through to the reward)
+    both = load_rows([{"prompt": "p", "demonstration": "d", "completion": "c", "answer": "1"}])
+    assert both == [{"prompt": "p", "demonstration": "d", "completion": "c", "answer": "1"}]
+
+
+def test_trl_conversational_messages_format():
+    sys_msg = {"role": "system", "content": "be brief"}
+    rows = load_rows([
+        {"messages": [sys_msg, {"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}],
+         "answer": "2", "level": 3},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+                      {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "answer": "4"},
+        {"messages": [{"role": "user", "content": "only a question"}], "answer": "0"},  # all prompt, no demo
+    ])
+    assert rows[0] == {"prompt": [sys_msg, {"role": "user", "content": "1+1?"}], "demonstration": "2",
+                       "answer": "2", "level": 3}
+    assert rows[1]["prompt"][-1] == {"role": "user", "content": "2+2?"} and len(rows[1]["prompt"]) == 3
+    assert rows[1]["demonstration"] == "4"
+    assert rows[2] == {"prompt": [{"role": "user", "content": "only a question"}], "answer": "0"}
+    assert len(prepare(rows[:2])) == 2
+    with pytest.raises(DataError, match="row 2: field 'demonstration' is missing"):
+        prepare(rows)  # the third conversation has no assistant turn to learn from
+    with pytest.raises(DataError, match=r"row 0: field 'messages' has only an assistant turn"):
+        load_rows([{"messages": [{"role": "assistant", "content": "x"}], "answer": "1"}])
+    with pytest.raises(DataError, match=r"row 1: field 'messages' must be a non-empty list"):
+        load_rows([{"messages": [{"role": "user", "content": "q"}], "answer": "1"}, {"messages": "text", "answer": "1"}])
+    with pytest.raises(DataError, match="no column 'answer' for field 'answer'"):
+        load_rows([{"messages": [{"role": "user", "content": "q"}]}])
+
+
+def test_answer_optional_when_no_reward_reads_it(tmp_path):
+    from srft.rewards import needs_answer, resolve_rewards
+
+    def reward_len(completions, **kwargs):
+        return [-abs(20 - len(c)) for c in completions]
+
+    def uses_answer(completions, answer, **kwargs):
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    assert not needs_answer(resolve_rewards([reward_len]))
+    assert needs_answer(resolve_rewards([reward_len, uses_answer]))
+    assert needs_answer(resolve_rewards("math")) and needs_answer(resolve_rewards("testbed"))
+    data = [{"prompt": "p", "completion": "c"}, {"messages": [{"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": "a"}]}]
+    with pytest.raises(DataError, match="no column 'answer' for field 'answer'"):
+        load_rows(data[:1])
+    assert load_rows(data[:1], need_answer=False) == [{"prompt": "p", "demonstration": "c"}]
+    assert load_rows(data[1:], need_answer=False)[0]["demonstration"] == "a"
+    exs = prepare_examples(load_rows(data[:1], need_answer=False), CharTokenizer(), cfg(), True,
+                           log=lambda *_: None, need_answer=False)
+    assert exs[0].answer is None and "answer" not in exs[0].columns
+    with pytest.raises(DataError, match="row 0: field 'answer' is missing"):
+        validate_row(0, {"prompt": "p"}, False)
+    assert validate_row(0, {"prompt": "p"}, False, need_answer=False) == ("p", [], None)

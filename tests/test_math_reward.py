@@ -3,6 +3,9 @@ benchmarks' ground truths, the worker pool's time limit and crash recovery."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from srft.math_reward import (
     verify_one,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 MATH_ID = BENCHMARKS / "math_id.parquet"
 ARC_C = BENCHMARKS / "arc_c.parquet"
@@ -316,12 +320,56 @@ def test_pool_lazy_start_and_close():
     assert v._workers == []
     assert v.score(["2"], ["2"]) == [1.0]
     procs = [w.proc for w in v._workers]
-    assert procs and all(p.is_alive() for p in procs)
+    assert procs and all(p.poll() is None for p in procs)
     v.close()
-    assert all(not p.is_alive() for p in procs)
+    assert all(p.poll() is not None for p in procs)
     v.close()  # idempotent
     with pytest.raises(RuntimeError):
         v.score(["2"], ["2"])
+
+
+def _env_with_pythonpath(*paths) -> dict:
+    env = dict(os.environ)
+    old = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in paths] + old)
+    return env
+
+
+def test_plain_script_without_main_guard(tmp_path):
+    """Workers never import the user's script, so a script without `if __name__ == "__main__":` works."""
+    script = tmp_path / "plain_script.py"
+    script.write_text(
+        "from srft.math_reward import math_reward\n"
+        "print('RESULT', math_reward(['p'], ['\\\\boxed{1/2}'], answer=['0.5']))\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env_with_pythonpath(REPO_ROOT),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "RESULT [1.0]" in res.stdout, (res.stdout, res.stderr[-3000:])
+
+
+def test_startup_error_when_math_verify_cannot_be_imported(tmp_path, monkeypatch):
+    """The worker reports the failed import and the parent raises at once, saying so."""
+    fake = tmp_path / "math_verify"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('fake broken math_verify')\n")
+    monkeypatch.setenv("PYTHONPATH", _env_with_pythonpath(tmp_path)["PYTHONPATH"])  # read by the workers
+    with MathVerifier(num_workers=1, timeout_s=5.0) as v:
+        with pytest.raises(RuntimeError, match="fake broken math_verify.*is math-verify installed"):
+            v.score(["1"], ["2"])
+        assert v._workers == []
+
+
+def test_startup_exit_reports_exit_code(tmp_path, monkeypatch):
+    """A worker that dies during start-up without a report is retried, then the exit code is reported."""
+    fake = tmp_path / "math_verify"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", _env_with_pythonpath(tmp_path)["PYTHONPATH"])  # read by the workers
+    with MathVerifier(num_workers=1, timeout_s=5.0) as v:
+        with pytest.raises(RuntimeError, match=r"exit code 3") as ei:
+            v.score(["1"], ["2"])
+        assert "math-verify" not in str(ei.value)
 
 
 _TOKENS = ["\\boxed{", "\\fbox{", "{", "}", "\\", "</think>", "1", "2", "x", "\\frac", "^", "A", "C", "(", ")",

@@ -190,7 +190,7 @@ CLI_CASES = {
     "pickle_weights_refused": (["--model", "{pickle}"], "ok",
                                "found pickle weights ['pytorch_model.bin']: convert them to safetensors, or pass "
                                "--model.allow_pickle true"),
-    "no_such_model": (["--model", "{tmp}/missing_model"], "ok", "model: no such folder"),
+    "no_such_model": (["--model", "{tmp}/missing_model"], "ok", "model.name_or_path: no such folder"),
 }
 
 
@@ -215,6 +215,61 @@ def test_bad_input_exits_2_naming_the_field_or_row(case, tiny_model_dir, tmp_pat
     assert code == 2
     assert needle in capsys.readouterr().err
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()  # nothing started
+
+
+EARLY_CASES = {
+    # id: (flags, what the message names); each is refused before the data or the model loads
+    "unknown_engine": (["--rollout.engine", "sglang"], "--rollout.engine: invalid choice: 'sglang'"),
+    "unknown_engine_in_yaml": (["--config", "{yaml_engine}"], "rollout.engine: 'sglang' is not one of ['hf', 'vllm']"),
+    "vllm_not_installed": (["--rollout.engine", "vllm"], "rollout.engine: 'vllm' needs vLLM"),
+    "reward_not_importable": (["--data.reward", "no_such_module:score"],
+                              "data.reward: cannot import reward function 'no_such_module:score'"),
+    "reward_weights_count": (["--data.reward", "testbed", "--data.reward_weights", "1,2"],
+                             "data.reward_weights: 2 weights for 1 reward functions"),
+    "tracker_not_installed": (["--train.report_to", "wandb"], "train.report_to: 'wandb' needs the wandb package"),
+    "bad_dtype": (["--model.dtype", "fp8"], "--model.dtype: invalid choice: 'fp8'"),
+    "unknown_preset": (["--preset", "ppo"], "--preset: invalid choice: 'ppo'"),
+    "no_such_model_folder": (["--model", "{tmp}/missing_model"], "model.name_or_path: no such folder"),
+    "no_such_benchmark": (["--eval.benchmark", "{tmp}/math.parquet"], "eval.benchmark: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_CASES))
+def test_early_validation_exits_2_before_data_or_model_load(case, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """docs/reliability.md "Early validation": each case exits 2 naming the field, and neither the
+    data nor the model is touched (both loaders fail the test if called)."""
+    import importlib.util
+
+    import srft.data
+    import srft.models
+    import srft.trainer
+    from srft.rollout import vllm_engine
+
+    def must_not_run(*_a, **_k):
+        raise AssertionError("loaded before the bad value was caught")
+
+    for mod in (srft.models, srft.trainer):
+        monkeypatch.setattr(mod, "load_model_and_tokenizer", must_not_run)
+    monkeypatch.setattr(srft.trainer, "load_rows", must_not_run)
+    monkeypatch.setattr(srft.data, "load_rows", must_not_run)
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    (tmp_path / "engine.yaml").write_text("rollout:\n  engine: sglang\n")
+    subst = {"{yaml_engine}": str(tmp_path / "engine.yaml"), "{tmp}": str(tmp_path)}
+    flags, needle = EARLY_CASES[case]
+    flags = [next((f.replace(k, v) for k, v in subst.items() if k in f), f) for f in flags]
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--output-dir", str(out), "--max-steps", "1",
+            "--data.dataset", str(write_rows(tmp_path / "ok.jsonl", ROWS)), *flags]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # a choice given as a flag: argparse refuses it, also with status 2
+        code = e.code
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()  # nothing written
 
 
 def test_unreadable_data_file_exits_2(tiny_model_dir, tmp_path, capsys, monkeypatch):

@@ -90,3 +90,46 @@ def test_bad_specs_are_clear():
         resolve_rewards([reward_len], weights="1,2")
     with pytest.raises(ValueError, match="cannot import reward function 'nope.module:f'"):
         resolve_rewards("nope.module:f")
+
+
+# TRL docs, conversational format reward: completions are message lists
+def conversational_format_reward(completions, **kwargs):
+    pattern = r"^<think>.*?</think>.*$"
+    return [1.0 if re.match(pattern, c[0]["content"]) else 0.0 for c in completions]
+
+
+def test_conversational_prompts_get_message_completions_as_in_trl():
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    seen = {}
+
+    def spy(completions, **kwargs):
+        seen["c"] = completions
+        return [0.0] * len(completions)
+
+    score_completions(spy, chat[:1] + PROMPTS[1:], COMPLETIONS, COLUMNS)
+    assert seen["c"] == [[{"role": "assistant", "content": COMPLETIONS[0]}], COMPLETIONS[1], COMPLETIONS[2]]
+    assert score_completions(conversational_format_reward, chat, COMPLETIONS, COLUMNS)[0] == [1.0, 0.0, 1.0]
+    from srft.math_reward import math_reward  # the built-in math reward reads both forms
+
+    assert score_completions(math_reward, chat[:1], ["\\boxed{4}"], {"answer": ["4"]})[0] == [1.0]
+
+
+def test_async_reward_functions_are_awaited():
+    async def async_len(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    assert score_completions(async_len, PROMPTS, COMPLETIONS, COLUMNS)[0] == [float(len(c)) for c in COMPLETIONS]
+
+
+def test_async_reward_inside_a_running_event_loop():
+    """A notebook's thread runs an event loop; asyncio.run would refuse there."""
+    import asyncio
+
+    async def async_one(completions, **kwargs):
+        await asyncio.sleep(0)
+        return [1.0] * len(completions)
+
+    async def main():
+        return score_completions(async_one, PROMPTS, COMPLETIONS, COLUMNS)[0]
+
+    assert asyncio.run(main()) == [1.0, 1.0, 1.0]
