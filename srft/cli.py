@@ -7,6 +7,7 @@
     srft experiment [--quick] [--presets a,b,...] [--seeds 0 1 2] [--output-dir DIR]
     srft prepare-model smollm2-135m --output-dir DIR
     srft build-testbed
+    srft testbed check [--quick] [--seeds 0 1 2] [--jobs 2]
 
 `srft train` with no arguments runs SRFT on the built-in testbed (building the
 testbed's base model the first time) and prints in- and out-of-distribution
@@ -115,6 +116,12 @@ def cmd_build_testbed(args) -> int:
     return 0
 
 
+def cmd_testbed_check(args) -> int:
+    from srft.testbed_check import run_check
+
+    return run_check(Path(args.output_dir), args.quick, args.seeds, args.jobs, model_dir=args.model)
+
+
 def cmd_experiment(args) -> int:
     from srft.experiment import run_experiment_from_args
 
@@ -173,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment.add_arguments(x)
     x.set_defaults(func=cmd_experiment)
+    tb = sub.add_parser("testbed", help="the built-in testbed: `srft testbed check` measures whether it poses "
+                        "the paper's question (docs/results.md)")
+    tbs = tb.add_subparsers(dest="testbed_command", required=True)
+    ck = tbs.add_parser("check", help="measure the testbed's preconditions; exit 1 if one fails")
+    ck.add_argument("--quick", action="store_true", help="the base model's preconditions only (about a minute)")
+    ck.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    ck.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2)")
+    ck.add_argument("--output-dir", default="runs/testbed-check", help="runs and check.json go here (kept, reused)")
+    ck.add_argument("--model", default=None, help="check another base model folder (with --quick)")
+    ck.set_defaults(func=cmd_testbed_check)
     b = sub.add_parser("build-testbed", help="build (or find) the testbed base model and print its folder")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build_testbed)

@@ -16,7 +16,8 @@ reward function as a keyword argument. TRL's own dataset formats are read too:
 
 `load_rows(dataset, seed, columns)` reads, by the form of `dataset`:
 
-* ``"testbed"``: the built-in reasoning testbed;
+* ``"testbed"``: the built-in reasoning testbed (its training split; ``"testbed:val"``, its
+  validation split, used to choose learning rates);
 * ``"champ"``: the CHAMP competition-math set (``pip install --no-deps champ-dataset``);
 * a file: ``.jsonl`` / ``.ndjson`` / ``.json``, ``.csv`` / ``.tsv``, ``.parquet``;
 * a folder written by ``datasets.Dataset(Dict).save_to_disk``, any other folder
@@ -90,6 +91,11 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None, need_
         raise DataError(f"data.dataset: expected a dataset name, file or folder, a list of dicts or a "
                         f"datasets.Dataset, got {type(dataset).__name__}")
     dataset = dataset.strip()
+    if dataset in ("testbed:train", "testbed:val"):  # the testbed's validation split: for choosing settings
+        from srft.testbed.tasks import build_splits
+
+        splits = build_splits(0)
+        return [dict(r) for r in (splits.val if dataset.endswith(":val") else splits.train)]
     if dataset in BUILTIN_DATASETS:
         if overrides:
             raise DataError(f"data.dataset={dataset!r} is built in and has fixed columns; column names "

@@ -8,7 +8,7 @@ which case k is 1) and scored by the reward function. Reported per set:
 - `mean_length` = mean completion length in tokens
 
 The testbed's sets are its in-distribution test set (`id_chain4`) and its
-out-of-distribution sets (`ood_chain5`, `ood_chain6`); see `srft.testbed.tasks`.
+out-of-distribution sets (`ood_mc4`, `ood_mc5`: multiple choice); see `srft.testbed.tasks`.
 
 With several processes (`dist`, a `srft.distributed.Dist`) each rank generates and
 scores its share of the problems (problem i on rank i % world, padded so that every

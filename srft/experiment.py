@@ -7,13 +7,20 @@ Runs a grid of presets x seeds at an equal budget per method, then writes
     OUT/plots/          accuracy vs step and rollout entropy vs step, one line per method
     OUT/runs/PRESET/seed-S/   each run's own folder (config, metrics, eval, final model)
 
+Learning rates (issue 13): unless `--optim.lr` is given (or `--no-select-lr`, the default
+with `--quick`), each method's learning rate is chosen first from `--lr-grid` (LR_GRID) by
+one run per rate at seed 0, scored on the testbed's validation split (`testbed:val`, never
+a test set; `select_learning_rates`, runs kept in OUT/lr-selection); SRFT's ablations use
+SRFT's rate. The selected setting then runs with every seed (default 0-4), and the table
+adds each method's gap to SRFT with a Welch 95% interval over seeds (`welch_interval`).
+
 Equal budget (EXPERIMENT_BUDGET): every method makes the same number of optimiser
 steps (`train.max_steps`) on the same number of prompts per step, with groups of 8
 responses per prompt where it samples (SRFT/LUFFY: 7 rollouts + 1 demonstration;
 GRPO: 8 rollouts; RL+SFT: 8 rollouts and the demonstration as an extra NLL term).
 SFT sees one demonstration per prompt, the same demonstration count as SRFT.
 SFT-then-GRPO splits the steps half and half (see `srft.stages`). Everything else is
-the config defaults, identical across methods (learning rate, clipping, lengths).
+the config defaults, identical across methods (clipping, lengths; the learning rate too when it is not selected).
 
 Finished runs are kept: running the same command again skips every run whose
 `eval.json` exists and redoes unfinished ones, so an interrupted grid continues. A
@@ -35,6 +42,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from srft.metrics import read_metrics
 
@@ -78,7 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presets", default=None,
                    help="comma-separated presets, or the groups all / main / ablations (default: all; "
                         f"--quick: {','.join(QUICK_PRESETS)})")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 1 2 3 4)")
+    p.add_argument("--select-lr", dest="select_lr", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose each method's learning rate on the validation split first (default: on, "
+                        "off with --quick or a given --optim.lr)")
+    p.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in LR_GRID),
+                   help="learning rates tried per method when selecting (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny grid (2 steps, few problems) for tests and smoke checks")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process with cpu_count/jobs torch threads (default 1)")
@@ -156,32 +169,46 @@ def _run_in_worker(cfg) -> tuple[dict, float]:
 
 
 def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = False, yaml_over=None,
-             flag_over=None, log=print, jobs: int = 1) -> dict:
+             flag_over=None, log=print, jobs: int = 1, per_preset: Optional[dict] = None) -> dict:
+    """Every preset x seed (`per_preset`: extra overrides of a preset, e.g. its selected learning
+    rate); finished runs are reused. Returns {"runs", "elapsed", "n_run_now", "cfgs"}."""
+    yaml_over, flag_over, per_preset = yaml_over or {}, flag_over or {}, per_preset or {}
+    cfgs = {(p, s): run_config(p, s, root, quick, yaml_over, {**flag_over, **per_preset.get(p, {})})
+            for p in presets for s in seeds}
+    log(f"[srft] experiment: {len(presets)} presets x {len(seeds)} seeds = {len(cfgs)} runs in {root}")
+    elapsed, n_now = run_configs(cfgs, root, jobs, log)
+    runs = {}
+    for key, cfg in cfgs.items():
+        run_dir = Path(cfg.train.output_dir)
+        runs[key] = {"eval": json.loads((run_dir / "eval.json").read_text()),
+                     "metrics": read_metrics(run_dir / "metrics.jsonl")}
+    return {"runs": runs, "elapsed": elapsed, "n_run_now": n_now, "cfgs": cfgs}
+
+
+def run_configs(cfgs: dict, root: Path, jobs: int = 1, log=print) -> tuple[float, int]:
+    """Run every config not done yet (`jobs` at a time); returns (wall seconds, runs made)."""
     from tqdm.auto import tqdm
 
-    yaml_over, flag_over = yaml_over or {}, flag_over or {}
-    cfgs = {(p, s): run_config(p, s, root, quick, yaml_over, flag_over) for p in presets for s in seeds}
     root.mkdir(parents=True, exist_ok=True)
     if any(c.model.name_or_path == "testbed" for c in cfgs.values()):
         from srft.testbed.base_model import ensure_base_model
 
         ensure_base_model(0, log=log)  # once, before any worker needs it
     todo = [k for k, c in cfgs.items() if not is_done(c)]
-    log(f"[srft] experiment: {len(presets)} presets x {len(seeds)} seeds = {len(cfgs)} runs "
-        f"({len(cfgs) - len(todo)} already done) in {root}")
+    log(f"[srft] {len(cfgs)} runs, {len(cfgs) - len(todo)} already done")
     t0 = time.perf_counter()
     prev = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # one progress bar for the grid, not one per run
 
     def report(key, res, seconds):
         acc = " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in res["after"].items())
-        log(f"[srft] {key[0]} seed {key[1]}: {acc}  ({seconds:.0f}s)")
+        log(f"[srft] {' '.join(map(str, key))}: {acc}  ({seconds:.0f}s)")
 
     try:
         bar = tqdm(total=len(todo), desc="experiment", disable=False if sys.stderr.isatty() else None)
         if jobs <= 1:
             for key in todo:
-                bar.set_postfix(run=f"{key[0]}/seed-{key[1]}")
+                bar.set_postfix(run="/".join(map(str, key)))
                 report(key, *_run_in_worker(cfgs[key]))
                 bar.update()
         else:
@@ -202,13 +229,46 @@ def run_grid(presets: list[str], seeds: list[int], root: Path, quick: bool = Fal
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = prev
-    elapsed = time.perf_counter() - t0
-    runs = {}
-    for (preset, seed), cfg in cfgs.items():
-        run_dir = Path(cfg.train.output_dir)
-        runs[(preset, seed)] = {"eval": json.loads((run_dir / "eval.json").read_text()),
-                                "metrics": read_metrics(run_dir / "metrics.jsonl")}
-    return {"runs": runs, "elapsed": elapsed, "n_run_now": len(todo), "cfgs": cfgs}
+    return time.perf_counter() - t0, len(todo)
+
+
+LR_GRID = (1e-4, 3e-4, 1e-3)
+SELECTION_SEED = 0
+VAL_DATASET = "testbed:val"
+
+
+def best_lr(val: dict[float, float]) -> float:
+    """The learning rate with the highest validation accuracy; a tie goes to the smaller rate."""
+    return max(val, key=lambda lr: (val[lr], -lr))
+
+
+def select_learning_rates(presets: list[str], root: Path, grid=LR_GRID, quick: bool = False, yaml_over=None,
+                          flag_over=None, jobs: int = 1, log=print) -> dict[str, dict]:
+    """Each preset's learning rate: one run per value of `grid` (seed SELECTION_SEED, the grid's
+    budget), scored by its final accuracy on the validation split (`testbed:val`, never a test
+    set); the best wins (ties: the smaller rate). Returns {preset: {"lr", "val": {lr: accuracy}}}.
+    Runs are kept under root/PRESET/lr-X and reused."""
+    yaml_over, flag_over = yaml_over or {}, flag_over or {}
+    cfgs = {}
+    for p in presets:
+        for lr in grid:
+            over = {**flag_over, "optim.lr": lr, "eval.dataset": VAL_DATASET}
+            cfg = run_config(p, SELECTION_SEED, root, quick, yaml_over, over)
+            cfg.train.output_dir = str(root / p / f"lr-{lr:g}")
+            cfgs[(p, f"lr {lr:g}")] = cfg
+    log(f"[srft] learning-rate selection: {len(presets)} presets x {len(grid)} rates on {VAL_DATASET}")
+    run_configs(cfgs, root, jobs, log)
+    out = {}
+    for p in presets:
+        val = {}
+        for lr in grid:
+            ev = json.loads((root / p / f"lr-{lr:g}" / "eval.json").read_text())
+            val[lr] = ev["after"]["eval"]["accuracy"]
+        best = best_lr(val)
+        out[p] = {"lr": best, "val": val}
+        log(f"[srft] {p}: lr {best:g} (validation accuracy " + ", ".join(f"{lr:g}: {100 * v:.1f}"
+                                                                          for lr, v in val.items()) + ")")
+    return out
 
 
 # ---------------------------------------------------------------------------- summary
@@ -292,6 +352,46 @@ def welch_t(m1: float, s1: float, m2: float, s2: float, n: int) -> float:
     if se == 0:
         return 0.0 if m1 == m2 else math.copysign(math.inf, m1 - m2)
     return (m1 - m2) / se
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (a fractional Welch df is rounded
+# down: a slightly wider interval)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: float) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (from T975, df rounded down)."""
+    if not math.isfinite(df):
+        return 1.960
+    d = max(1, int(math.floor(df)))
+    return T975[max(k for k in T975 if k <= d)] if d <= 120 else 1.960
+
+
+def welch_interval(xs: list[float], ys: list[float]) -> tuple[float, float, float, float]:
+    """mean(xs) - mean(ys) with its Welch 95% interval: (difference, low, high, df). With zero
+    variance in both samples the interval is the difference itself."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    vx = statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
+    vy = statistics.variance(ys) / len(ys) if len(ys) > 1 else 0.0
+    d, se2 = mx - my, vx + vy
+    if se2 == 0:
+        return d, d, d, math.inf
+    denom = (vx * vx / (len(xs) - 1) if len(xs) > 1 else 0.0) + (vy * vy / (len(ys) - 1) if len(ys) > 1 else 0.0)
+    df = se2 * se2 / denom if denom > 0 else math.inf
+    half = t975(df) * math.sqrt(se2)
+    return d, d - half, d + half, df
+
+
+def gap_intervals(runs: dict, presets: list[str], seeds: list[int], sets: list[str], ref: str = "srft"):
+    """{method: (difference, low, high, df)}: ref minus method on the mean accuracy (points) over
+    `sets`, Welch 95% interval over seeds."""
+    def per_seed(p):
+        return [100 * statistics.fmean(runs[(p, s)]["eval"]["after"][x]["accuracy"] for x in sets) for s in seeds]
+
+    ref_vals = per_seed(ref)
+    return {p: welch_interval(ref_vals, per_seed(p)) for p in presets if p != ref}
 
 
 def compare_to(table: dict, ref: str, col: str, n: int) -> dict[str, tuple[float, float]]:
@@ -383,11 +483,13 @@ def make_experiment_plots(summary: dict, out: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- command
-def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command: str, quick: bool) -> str:
+def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command: str, quick: bool,
+                  selection: Optional[dict] = None) -> str:
     cfg0 = next(iter(grid["cfgs"].values()))
-    budget = (f"{cfg0.train.max_steps} optimiser steps x {cfg0.train.prompts_per_step} prompts per step, "
+    lr_text = "learning rate selected per method (below)" if selection else f"lr {cfg0.optim.lr}"
+    budget = (f"{cfg0.train.max_steps} training steps x {cfg0.train.prompts_per_step} prompts per step, "
               f"groups of {cfg0.rollout.n_rollouts + cfg0.rollout.n_demos} (srft), rollout.max_new_tokens "
-              f"{cfg0.rollout.max_new_tokens}, lr {cfg0.optim.lr}, eval every {cfg0.train.eval_every} steps on "
+              f"{cfg0.rollout.max_new_tokens}, {lr_text}, eval every {cfg0.train.eval_every} steps on "
               f"{cfg0.eval.limit or 'all'} problems per set (greedy)")
     seconds = {p: _mean_std([grid["runs"][(p, s)]["eval"]["train_seconds"] for s in seeds])[0] for p in presets}
     text = [
@@ -405,7 +507,27 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
         format_results_table(summary),
         "",
     ]
+    if selection:
+        grid_lrs = sorted({lr for r in selection.values() for lr in r["val"]})
+        text += ["Learning rates, selected per method on the validation split (`testbed:val`, seed "
+                 f"{SELECTION_SEED}, final accuracy %); SRFT's ablations use SRFT's:", "",
+                 "| method | " + " | ".join(f"lr {lr:g}" for lr in grid_lrs) + " | selected |",
+                 "|---|" + "---|" * (len(grid_lrs) + 1)]
+        for p, r in selection.items():
+            text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
+                                                  for lr in grid_lrs) + f" | {r['lr']:g} |")
+        text.append("")
     if "srft" in presets and len(seeds) > 1:
+        rows = []
+        for col, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
+            if sets:
+                gaps = gap_intervals(grid["runs"], presets, seeds, sets)
+                rows.append(f"| {col} | " + " | ".join(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                                                       for d, lo, hi, _ in gaps.values()) + " |")
+        others = [p for p in presets if p != "srft"]
+        text += [f"SRFT minus each method, accuracy points, with the Welch 95% interval over {len(seeds)} seeds "
+                 "(an interval that excludes 0 separates the two):", "",
+                 "| | " + " | ".join(others) + " |", "|---|" + "---|" * len(others), *rows, ""]
         text.append("In-distribution accuracy of srft minus each method, points, with Welch's t over seeds "
                     f"(|t| > {T_CRIT.get(len(seeds), 2.0):.2f} is unlikely under equal means at 5%, two-sided, "
                     f"with {len(seeds)} seeds each): "
@@ -425,6 +547,8 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
     (root / "results.md").write_text(md)
     js = {"command": command, "presets": presets, "seeds": seeds, "quick": quick, "budget": budget,
           "elapsed_seconds": grid["elapsed"], "sets": summary["sets"],
+          "selection": {p: {"lr": r["lr"], "val": {f"{k:g}": v for k, v in r["val"].items()}}
+                        for p, r in (selection or {}).items()},
           "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
           "curves": summary["curves"],
           "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
@@ -446,13 +570,27 @@ def run_experiment_from_args(args) -> int:
     root = Path(flag_over.pop("train.output_dir", "runs/experiment-quick" if args.quick else "runs/experiment"))
     yaml_over = load_yaml(args.config) if args.config else {}
     presets = parse_presets(args.presets or (",".join(QUICK_PRESETS) if args.quick else "all"))
-    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else [0, 1, 2])
-    grid = run_grid(presets, seeds, root, args.quick, yaml_over, flag_over, jobs=args.jobs)
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else [0, 1, 2, 3, 4])
+    select = args.select_lr if args.select_lr is not None else not args.quick
+    if "optim.lr" in flag_over or "optim.lr" in yaml_over:
+        select = False  # the user fixed the learning rate
+    selection, per_preset = None, {}
+    if select:
+        from srft.objective import SRFT_ABLATIONS
+
+        own = [p for p in presets if p not in SRFT_ABLATIONS]
+        if any(p in SRFT_ABLATIONS for p in presets) and "srft" not in own:
+            own.insert(0, "srft")
+        grid_lrs = tuple(float(x) for x in args.lr_grid.split(","))
+        selection = select_learning_rates(own, root / "lr-selection", grid_lrs, args.quick, yaml_over, flag_over,
+                                          jobs=args.jobs)
+        per_preset = {p: {"optim.lr": selection[p if p in selection else "srft"]["lr"]} for p in presets}
+    grid = run_grid(presets, seeds, root, args.quick, yaml_over, flag_over, jobs=args.jobs, per_preset=per_preset)
     summary = summarize(presets, seeds, grid["runs"])
     make_experiment_plots(summary, root / "plots")
     command = "srft experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 \
         else "srft experiment"
-    md = write_results(root, presets, seeds, grid, summary, command, args.quick)
+    md = write_results(root, presets, seeds, grid, summary, command, args.quick, selection)
     print()
     print(md)
     print(f"results: {root / 'results.md'}  (results.json, plots/, runs/)")

@@ -716,6 +716,10 @@ class Trainer:
         result = {"preset": cfg.train.preset, "steps": self.step, "model": self.model_path, "final": str(final),
                   "train_seconds": round(elapsed, 1), "world_size": dist.world, "before": before, "after": after,
                   "history": history}
+        if _uses_testbed(cfg):
+            from srft.testbed.tasks import TESTBED_VERSION
+
+            result["testbed_version"] = TESTBED_VERSION  # its tasks, splits and base model change between versions
         if dist.is_main:
             (self.out / "eval.json").write_text(json.dumps(result, indent=2))
             from srft.plots import make_plots
@@ -730,6 +734,11 @@ class Trainer:
             self.accelerator.end_training()
         dist.barrier()
         return result
+
+
+def _uses_testbed(cfg: Config) -> bool:
+    data, model = cfg.data.dataset, cfg.model.name_or_path
+    return (isinstance(data, str) and data.split(":")[0] == "testbed") or model == "testbed"
 
 
 def _keep_matplotlib_cache_in(run_dir: Path) -> None:

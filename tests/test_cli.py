@@ -22,7 +22,7 @@ def test_train_then_eval_subprocess(tiny_model_dir, tmp_path):
              "--train.prompts_per_step", "4", "--rollout.max_new_tokens", "6", "--eval.limit", "5",
              "--eval.max_new_tokens", "6", "--seed", "1", "--train.save_every", "0"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| id_chain4 |" in r.stdout and "| ood_chain6 |" in r.stdout and "base" in r.stdout
+    assert "| id_chain4 |" in r.stdout and "| ood_mc5 |" in r.stdout and "base" in r.stdout
     assert (out / "final" / "model.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
     assert "max_steps: 2" in cfg and "seed: 1" in cfg

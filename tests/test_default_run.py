@@ -25,7 +25,7 @@ def test_default_srft_train_learns(tmp_path):
     assert "| id_chain4 |" in r.stdout
     ev = json.loads((out / "eval.json").read_text())
     base, trained = ev["before"]["id_chain4"]["accuracy"], ev["after"]["id_chain4"]["accuracy"]
-    assert 0.05 <= base <= 0.45, f"base model in-distribution accuracy {base:.3f} outside the testbed's design"
+    assert 0.30 <= base <= 0.75, f"base model in-distribution accuracy {base:.3f} outside the testbed's design"
     assert trained - base >= 0.10, f"SRFT raised in-distribution accuracy by only {100 * (trained - base):.1f} points"
     rows = read_metrics(out / "metrics.jsonl")
     assert {"step", "reward/mean", "entropy/rollout", "weight/sft", "weight/rl", "loss/total"} <= set(rows[0])

@@ -19,7 +19,7 @@ def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "exp"
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    sets = ["id_chain4", "ood_chain5", "ood_chain6"]
+    sets = ["id_chain4", "ood_mc4", "ood_mc5"]
     assert res["sets"] == sets
     assert list(res["table"]) == ["base", *QUICK_PRESETS]
     for method, row in res["table"].items():
@@ -27,7 +27,16 @@ def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert set(res["runs"]) == {f"{p}/seed-{s}" for p in QUICK_PRESETS for s in QUICK_SEEDS}
     # the markdown table: header, base, one row per method, each with 1 + 6 cells
     md = (out / "results.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if line.startswith("| "):  # not the |---| line
+            rows.append(line)
+    # the gap table: SRFT minus each method, a Welch interval per cell
+    assert "| in distribution | " in md and md.count(" [+") + md.count(" [-") >= 2 * (len(QUICK_PRESETS) - 1)
     assert len(rows) == 2 + len(QUICK_PRESETS)
     assert all(line.count("|") == 8 for line in rows)
     assert rows[1].startswith("| base |")
@@ -45,7 +54,7 @@ def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
     # running the same command again redoes nothing
     capsys.readouterr()
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
-    assert "(8 already done)" in capsys.readouterr().out
+    assert "8 runs, 8 already done" in capsys.readouterr().out
     # ... but not with other settings: the grid would mix them
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out),
                  "--optim.lr", "0.5"]) == 2
@@ -118,3 +127,50 @@ def test_welch_t_by_hand():
     table = {"base": {"ID avg": (10.0, 0.0)}, "srft": {"ID avg": (60.0, 10.0)}, "sft": {"ID avg": (50.0, 20.0)}}
     (d, t), = compare_to(table, "srft", "ID avg", 4).values()
     assert d == pytest.approx(10.0) and t == pytest.approx(0.894427191)
+
+
+def test_best_lr_by_hand():
+    from srft.experiment import best_lr
+
+    assert best_lr({1e-4: 0.2, 3e-4: 0.5, 1e-3: 0.4}) == 3e-4
+    assert best_lr({1e-4: 0.5, 3e-4: 0.5, 1e-3: 0.1}) == 1e-4  # a tie: the smaller rate
+
+
+def test_learning_rate_selection_on_a_tiny_grid(tiny_model_dir, tmp_path):
+    """One run per (preset, rate) at seed 0, scored on the testbed's validation split (never a
+    test set); the runs are reused by a second call."""
+    from srft.experiment import select_learning_rates
+
+    root = tmp_path / "sel"
+    over = {"model.name_or_path": str(tiny_model_dir)}
+    sel = select_learning_rates(["grpo", "sft"], root, grid=(1e-4, 1e-2), quick=True, flag_over=over,
+                                log=lambda *a: None)
+    assert set(sel) == {"grpo", "sft"}
+    for p, r in sel.items():
+        assert set(r["val"]) == {1e-4, 1e-2} and r["lr"] == max(r["val"], key=lambda lr: (r["val"][lr], -lr))
+        ev = json.loads((root / p / "lr-0.0001" / "eval.json").read_text())
+        assert set(ev["after"]) == {"eval"} and ev["after"]["eval"]["n"] == 6  # the validation split only
+        saved = (root / p / "lr-0.01" / "config.yaml").read_text()
+        assert "dataset: testbed:val" in saved and "lr: 0.01" in saved
+    from srft.testbed.tasks import build_splits
+
+    val_prompts = {r["prompt"] for r in build_splits(0).val}
+    done = json.loads((root / "grpo" / "lr-0.0001" / "eval.json").read_text())
+    assert all(s["prompt"] in val_prompts for s in done["after"]["eval"]["samples"])
+    t = (root / "grpo" / "lr-0.0001" / "eval.json").stat().st_mtime
+    select_learning_rates(["grpo"], root, grid=(1e-4, 1e-2), quick=True, flag_over=over, log=lambda *a: None)
+    assert (root / "grpo" / "lr-0.0001" / "eval.json").stat().st_mtime == t  # reused, not rerun
+
+
+def test_welch_interval_by_hand():
+    from srft.experiment import t975, welch_interval
+
+    d, lo, hi, df = welch_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    # var([1,2,3]) / 3 = 1/3; the zero-variance sample adds nothing: df = 2, t = 4.303
+    assert d == 2.0 and df == pytest.approx(2.0)
+    assert (lo, hi) == pytest.approx((2 - 4.303 * (1 / 3) ** 0.5, 2 + 4.303 * (1 / 3) ** 0.5))
+    # equal sizes and variances: df = 2n - 2
+    d, lo, hi, df = welch_interval([1.0, 3.0, 5.0, 7.0, 9.0], [0.0, 2.0, 4.0, 6.0, 8.0])
+    assert d == 1.0 and df == pytest.approx(8.0) and hi - d == pytest.approx(2.306 * (2 * 10 / 5) ** 0.5)
+    assert welch_interval([2.0, 2.0], [1.0, 1.0])[:3] == (1.0, 1.0, 1.0)
+    assert t975(8.7) == 2.306 and t975(27) == 2.060 and t975(1e9) == 1.96

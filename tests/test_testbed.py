@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from srft.testbed.tasks import (
+    OOD_SETS,
     build_splits,
+    chain_steps,
+    chain_sum_reward,
     extract_answer,
+    extract_choice,
+    mc_options,
+    response_style,
     score,
     teacher_demonstration,
-    chain_sum_reward,
+    worked_answer,
 )
 
 VERIFIER_TABLE = [
@@ -29,6 +37,20 @@ VERIFIER_TABLE = [
     ("abc", "3", 0.0),
     ("3\n5", "5", 0.0),  # only the first line
     ("12", "21", 0.0),
+    # the corpus's own worked style: the number after the last "result"
+    ("4-1=3; 3-7=-4; result -4", "-4", 1.0),
+    ("4-1=3; 3-7=-4; result -5", "-4", 0.0),
+    ("4-1=3; 3-7=-4", "-4", 0.0),  # no "result": the first number (4) is the answer
+    ("<think>x</think>-4 result 9", "-4", 1.0),  # </think> wins over "result"
+    # multiple choice: the answer text must start with the letter
+    ("B", "B", 1.0),
+    ("(B)-4", "B", 1.0),
+    (" B)", "B", 1.0),
+    ("<think>4-1=3, 3-7=-4</think>C", "C", 1.0),
+    ("<think>4-1=3, 3-7=-4</think>-4", "C", 0.0),  # the value instead of the letter
+    ("A", "C", 0.0),
+    ("Bad", "B", 0.0),  # a word, not a letter
+    ("", "A", 0.0),
 ]
 
 
@@ -63,15 +85,59 @@ def test_splits_fixed_disjoint_and_demos_correct():
     assert [r["prompt"] for r in a.train] == [r["prompt"] for r in b.train]
     train = {r["expression"] for r in a.train}
     assert len(train) == len(a.train) == 1000
-    assert set(a.test) == {"id_chain4", "ood_chain5", "ood_chain6"}
+    assert set(a.test) == {"id_chain4", "ood_mc4", "ood_mc5"}
+    val = {r["expression"] for r in a.val}
+    assert len(val) == len(a.val) == 200 and not val & train and val <= a.pretrain_exclude
+    seen = set(val)
     for name, rows in a.test.items():
         exprs = {r["expression"] for r in rows}
-        assert len(exprs) == len(rows) == 200
-        assert not exprs & train, name
+        assert len(exprs) == len(rows) == (400 if name == "id_chain4" else 300)
+        assert not exprs & train and not exprs & seen, name  # every split disjoint from the others
         assert exprs <= a.pretrain_exclude
-    for r in a.train[:50] + a.test["ood_chain6"][:50]:
+        seen |= exprs
+    for r in a.train[:50] + a.test["ood_mc5"][:50]:
         assert score(r["demonstration"], r["answer"]) == 1.0  # the teacher is right
         assert "<think>" in r["demonstration"] and "<think>" not in r["prompt"]
+
+
+def test_multiple_choice_ood_sets():
+    """Another answer format over longer chains: four options, the answer's letter, positions
+    spread over A-D, the value among the options exactly once."""
+    rows = build_splits(0).test["ood_mc5"]
+    assert {r["answer"] for r in rows} == set("ABCD")
+    assert max(sum(r["answer"] == c for r in rows) for c in "ABCD") < 0.4 * len(rows)
+    for r in rows[:100]:
+        expr = r["expression"]
+        value = chain_steps(expr)[1]
+        opts, letter = mc_options(expr, value)
+        assert len(set(opts)) == 4 and opts.count(value) == 1 and letter == r["answer"]
+        assert re.search(rf"\({letter}\){value}(\s|$)", r["prompt"]) and r["prompt"].endswith("\nA:")
+        assert len(expr.split()) // 2 + 1 == OOD_SETS["ood_mc5"]
+    assert extract_choice("(D)7") == "D" and extract_choice("7") is None
+
+
+def test_response_styles():
+    assert response_style(worked_answer("4 - 1 - 7")) == "worked" == response_style("2+3=5; result 5")
+    assert worked_answer("4 - 1 - 7") == "4-1=3; 3-7=-4; result -4"
+    assert response_style("-4") == "direct" == response_style("result 3")  # no steps
+    assert response_style("<think>4-1=3</think>3") == "think" == response_style("<think>4-1")
+
+
+def test_pretraining_corpus_never_holds_a_test_or_validation_expression():
+    from srft.testbed.base_model import pretraining_corpus
+    from srft.testbed.tasks import _compact
+
+    splits = build_splits(0)
+    held_out = {_compact(e) for e in splits.pretrain_exclude}
+    corpus = pretraining_corpus(0)
+    assert set(corpus) == {"facts", "qa2", "qa3", "qa4", "calc", "qa_worked", "mc"}
+    for kind, docs in corpus.items():
+        assert not any("<think>" in d for d in docs), kind
+        exprs = {d.split("\n", 1)[0][2:] if d.startswith("Q:") else d[5:].split(":", 1)[0]
+                 for d in docs if d.startswith(("Q:", "calc "))}
+        assert not exprs & held_out, kind
+    assert all(response_style(d.split("\nA:", 1)[1]) == "worked" for d in corpus["qa_worked"][:50])
+    assert all(d.rsplit("\nA:", 1)[1] in "ABCD" for d in corpus["mc"][:50])
 
 
 def test_tokenizer_roundtrip_through_autotokenizer(tmp_path):
@@ -89,3 +155,15 @@ def test_tokenizer_roundtrip_through_autotokenizer(tmp_path):
     assert loaded.decode(ids) == text
     assert loaded.convert_ids_to_tokens(ids).count("<think>") == 1
     assert loaded.eos_token_id == built.eos_token_id and loaded.pad_token_id == built.pad_token_id
+
+
+def test_worked_style_mistakes_of_the_pretraining_corpus():
+    """The base model's own reasoning is learned from worked calculations with mistakes: random
+    slips (one step off, carried on) and the systematic one, a subtraction below zero losing its
+    sign; the teacher's demonstrations have neither."""
+    assert chain_steps("3 - 7 + 2 - 1") == (["3-7=-4", "-4+2=-2", "-2-1=-3"], -3)
+    assert chain_steps("3 - 7 + 2 - 1", drop_sign=True) == (["3-7=4", "4+2=6", "6-1=5"], 5)
+    assert chain_steps("-2 - 3", drop_sign=True) == (["-2-3=-5"], -5)  # already below zero: unchanged
+    assert chain_steps("4 + 1 - 2", slip=(0, 2)) == (["4+1=7", "7-2=5"], 5)
+    assert worked_answer("3 - 7", drop_sign=True) == "3-7=4; result 4"
+    assert teacher_demonstration("3 - 7") == "<think>3-7=-4</think>-4"

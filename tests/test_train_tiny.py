@@ -68,7 +68,8 @@ def test_run_folder_contract(tiny_model_dir, tmp_path):
     for png in ["reward.png", "accuracy.png", "entropy.png", "weights.png"]:
         assert (out / "plots" / png).stat().st_size > 1000, png
     ev = json.loads((out / "eval.json").read_text())
-    assert set(ev["before"]) == set(ev["after"]) == {"id_chain4", "ood_chain5", "ood_chain6"}
+    assert set(ev["before"]) == set(ev["after"]) == {"id_chain4", "ood_mc4", "ood_mc5"}
+    assert ev["testbed_version"] == 2
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in ev["after"].values())
     cks = sorted((out / "checkpoints").iterdir())
     assert [c.name for c in cks] == ["step-000002"]  # retention limit 1

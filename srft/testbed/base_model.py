@@ -10,8 +10,13 @@ The pretraining corpus is the testbed's "web text" (see `srft.testbed.tasks`):
 - arithmetic facts "a+d=c" / "a-d=c" for a in [-60, 60], d in [0, 9];
 - worked calculations in the corpus's own style, "calc 4-1-7: 4-1=3; 3-7=-4;
   result -4", for 2- to 4-term chains;
-- direct question/answer pairs "Q:4-1-7\\nA:-4" for 2- to 4-term chains;
-never any expression of the test sets, and never the '<think>' format.
+- question/answer pairs for 2- to 4-term chains, most answered directly
+  "Q:4-1-7\\nA:-4", some worked in the corpus's style
+  "Q:4-1-7\\nA:4-1=3; 3-7=-4; result -4" (`frac_qa_worked`);
+- multiple-choice questions on 2- and 3-term chains, answered with the letter
+  "Q:4-1\\n(A)2 (B)3 (C)5 (D)4\\nA:B" (the test sets' multiple-choice
+  questions have 4 and 5 terms);
+never any expression of the test or validation sets, and never the '<think>' format.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from srft.testbed.tasks import TESTBED_VERSION, build_splits, direct_answer, format_prompt, worked_calculation
+from srft.testbed.tasks import (
+    TESTBED_VERSION,
+    build_splits,
+    direct_answer,
+    format_mc_prompt,
+    format_prompt,
+    mc_options,
+    worked_answer,
+    worked_calculation,
+)
 
 
 @dataclass
@@ -37,17 +51,27 @@ class BasePretrainConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    steps: int = 800
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 3e-3
     warmup_steps: int = 30
     seq_len: int = 96
     """Documents are packed, separated by EOS, into rows of this many tokens."""
-    frac_facts: float = 0.35
-    frac_qa2: float = 0.10
-    frac_qa3: float = 0.20
-    frac_qa4: float = 0.08
-    frac_calc: float = 0.27
+    frac_facts: float = 0.22
+    frac_qa2: float = 0.06
+    frac_qa3: float = 0.12
+    frac_qa4: float = 0.06
+    frac_calc: float = 0.28
+    frac_qa_worked: float = 0.06
+    frac_mc: float = 0.20
+    worked_max_terms: int = 4
+    """Worked calculations (calc and worked answers) cover chains of 2 to this many terms."""
+    worked_slip_rate: float = 0.15
+    """Share of the corpus's worked calculations with one step wrong (by 1 or 2, carried on): the
+    base model's own reasoning is unreliable, the teacher's demonstrations are not."""
+    worked_flaw_rate: float = 0.6
+    """Share of the corpus's worked calculations with its systematic mistake: a subtraction going
+    below zero loses its sign ('3-7=4'; tasks.chain_steps(drop_sign=True))."""
 
 
 def cache_root() -> Path:
@@ -67,7 +91,11 @@ def _facts() -> list[str]:
     return out
 
 
-def _qa_pool(n_terms: int, exclude: set[str], seed: int, worked: bool = False) -> list[str]:
+def _qa_pool(n_terms: int, exclude: set[str], seed: int, worked: bool = False, style: str = "direct",
+             slip_rate: float = 0.0, flaw_rate: float = 0.0) -> list[str]:
+    """Documents on n_terms-chains: "calc" worked calculations (worked=True), or questions with a
+    "direct" answer, a "worked" answer in the corpus's style, or "mc" (multiple choice). A share
+    `slip_rate` of the worked ones has one step off by 1 or 2 (carried on to the result)."""
     import reasoning_gym as rg
 
     ds = rg.create_dataset(
@@ -80,7 +108,17 @@ def _qa_pool(n_terms: int, exclude: set[str], seed: int, worked: bool = False) -
         if expr in exclude or expr in seen:
             continue
         seen.add(expr)
-        docs.append(worked_calculation(expr) if worked else format_prompt(expr) + direct_answer(e["answer"]))
+        rng = random.Random(f"slip:{seed}:{expr}")
+        slip = ((rng.randrange(n_terms - 1), rng.choice((-2, -1, 1, 2))) if rng.random() < slip_rate else None)
+        flaw = rng.random() < flaw_rate
+        if worked:
+            docs.append(worked_calculation(expr, slip, flaw))
+        elif style == "mc":
+            opts, letter = mc_options(expr, int(e["answer"]))
+            docs.append(format_mc_prompt(expr, opts) + letter)
+        else:
+            docs.append(format_prompt(expr) + (worked_answer(expr, slip, flaw) if style == "worked"
+                                               else direct_answer(e["answer"])))
     return docs
 
 
@@ -97,10 +135,17 @@ def _pack(stream: list[int], seq_len: int, pad_id: int):
     return ids, attn
 
 
-def pretraining_corpus(seed: int = 0) -> dict[str, list[str]]:
+def pretraining_corpus(seed: int = 0, worked_max_terms: int = 4, slip_rate: float = 0.0,
+                       flaw_rate: float = 0.0) -> dict[str, list[str]]:
     exclude = build_splits(seed).pretrain_exclude
-    calc = [d for k in (2, 3, 4) for d in _qa_pool(k, exclude, seed + 7, worked=True)]
-    return {"facts": _facts(), **{f"qa{k}": _qa_pool(k, exclude, seed) for k in (2, 3, 4)}, "calc": calc}
+    worked_terms = range(2, worked_max_terms + 1)
+    calc = [d for k in worked_terms for d in _qa_pool(k, exclude, seed + 7, worked=True, slip_rate=slip_rate,
+                                                      flaw_rate=flaw_rate)]
+    qa_worked = [d for k in worked_terms for d in _qa_pool(k, exclude, seed + 11, style="worked",
+                                                           slip_rate=slip_rate, flaw_rate=flaw_rate)]
+    mc = [d for k in (2, 3) for d in _qa_pool(k, exclude, seed + 13, style="mc")]
+    return {"facts": _facts(), **{f"qa{k}": _qa_pool(k, exclude, seed) for k in (2, 3, 4)}, "calc": calc,
+            "qa_worked": qa_worked, "mc": mc}
 
 
 def build_base_model(
@@ -133,9 +178,10 @@ def build_base_model(
     )
     model = Qwen2ForCausalLM(mconf)
     n_params = sum(p.numel() for p in model.parameters())
-    corpus = pretraining_corpus(cfg.seed)
-    kinds = ["facts", "qa2", "qa3", "qa4", "calc"]
-    weights = [cfg.frac_facts, cfg.frac_qa2, cfg.frac_qa3, cfg.frac_qa4, cfg.frac_calc]
+    corpus = pretraining_corpus(cfg.seed, cfg.worked_max_terms, cfg.worked_slip_rate, cfg.worked_flaw_rate)
+    kinds = ["facts", "qa2", "qa3", "qa4", "calc", "qa_worked", "mc"]
+    weights = [cfg.frac_facts, cfg.frac_qa2, cfg.frac_qa3, cfg.frac_qa4, cfg.frac_calc, cfg.frac_qa_worked,
+               cfg.frac_mc]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * max(0.05, 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
