@@ -33,12 +33,11 @@ CHECKED_METHODS = ("grpo", "sft", "srft")
 def base_preconditions(model_dir: Optional[str] = None, k: int = 4, limit: int = 200, seed: int = 0,
                        batch_size: int = 512, log=print) -> dict:
     """Sample the base model on in-distribution prompts and evaluate it greedily on every set."""
-    from srft.config import EvalConfig
+    from srft.config import EvalConfig, ModelConfig
     from srft.evaluation import evaluate
     from srft.models import load_model_and_tokenizer
     from srft.rollout.base import SamplingParams, derive_seed
     from srft.rollout.hf import HFRolloutEngine, stop_token_ids
-    from srft.config import ModelConfig
     from srft.testbed.tasks import ID_TEST, build_splits, chain_sum_reward, response_style, score
 
     model, tok, path = load_model_and_tokenizer(model_dir or "testbed", ModelConfig(), log=log)
