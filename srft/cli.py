@@ -7,7 +7,7 @@
     srft experiment [--quick] [--presets a,b,...] [--seeds 0 1 2] [--output-dir DIR]
     srft prepare-model smollm2-135m --output-dir DIR
     srft build-testbed
-    srft testbed check [--quick] [--seeds 0 1 2] [--jobs 2]
+    srft testbed check [--quick] [--seeds 0 1 2 3 4] [--jobs 2]
 
 `srft train` with no arguments runs SRFT on the built-in testbed (building the
 testbed's base model the first time) and prints in- and out-of-distribution
@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     tbs = tb.add_subparsers(dest="testbed_command", required=True)
     ck = tbs.add_parser("check", help="measure the testbed's preconditions; exit 1 if one fails")
     ck.add_argument("--quick", action="store_true", help="the base model's preconditions only (about a minute)")
-    ck.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    ck.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                    help="training seeds (default: 0 1 2 3 4, the experiment's; `srft experiment` with the same "
+                         "--output-dir reuses these runs)")
     ck.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2)")
     ck.add_argument("--output-dir", default="runs/testbed-check", help="runs and check.json go here (kept, reused)")
     ck.add_argument("--model", default=None, help="check another base model folder (with --quick)")

@@ -248,6 +248,12 @@ class TrainConfig:
     """The hub repository for train.push_to_hub ("user/name"); None: the run folder's name."""
     hub_private: bool = False
     """Create the hub repository as private."""
+    stage_split: Optional[float] = None
+    """Multi-stage presets (sft_then_grpo): the share of train.max_steps given to the first stage, in
+    (0, 1); the other stages share the rest as the preset does. None: the preset's split (half and half)."""
+    first_stage_lr: Optional[float] = None
+    """Multi-stage presets: the first stage's learning rate (e.g. SFT's own best rate); None: optim.lr,
+    as every other stage."""
     save_rollouts: bool = False
     """Write every step's samples (token ids, reward, advantage, global group index) to rollouts.jsonl."""
     old_logprob_pass: str = "auto"
@@ -321,6 +327,10 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(getattr(self, section), attr)}")
         if t.logprob_chunk_size < 0:
             raise ValueError(f"train.logprob_chunk_size must be >= 0 (0: automatic), got {t.logprob_chunk_size}")
+        if t.stage_split is not None and not 0.0 < t.stage_split < 1.0:
+            raise ValueError(f"train.stage_split must be in (0, 1), got {t.stage_split}")
+        if t.first_stage_lr is not None and t.first_stage_lr <= 0:
+            raise ValueError(f"train.first_stage_lr must be > 0, got {t.first_stage_lr}")
         for name in ("train.save_every", "train.eval_every", "train.log_every", "train.log_completions"):
             if getattr(t, name.split(".")[1]) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(t, name.split('.')[1])}")

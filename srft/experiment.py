@@ -11,7 +11,9 @@ Learning rates (issue 13): unless `--optim.lr` is given (or `--no-select-lr`, th
 with `--quick`), each method's learning rate is chosen first from `--lr-grid` (LR_GRID) by
 one run per rate at seed 0, scored on the testbed's validation split (`testbed:val`, never
 a test set; `select_learning_rates`, runs kept in OUT/lr-selection); SRFT's ablations use
-SRFT's rate. The selected setting then runs with every seed (default 0-4), and the table
+SRFT's rate. SFT-then-GRPO runs its SFT stage at SFT's selected rate and its GRPO stage at
+GRPO's, and its stage split (the share of the steps given to SFT, STAGE_SPLITS) is selected
+the same way (`select_stage_split`). The selected setting then runs with every seed (default 0-4), and the table
 adds each method's gap to SRFT with a Welch 95% interval over seeds (`welch_interval`).
 
 Equal budget (EXPERIMENT_BUDGET): every method makes the same number of optimiser
@@ -19,7 +21,8 @@ steps (`train.max_steps`) on the same number of prompts per step, with groups of
 responses per prompt where it samples (SRFT/LUFFY: 7 rollouts + 1 demonstration;
 GRPO: 8 rollouts; RL+SFT: 8 rollouts and the demonstration as an extra NLL term).
 SFT sees one demonstration per prompt, the same demonstration count as SRFT.
-SFT-then-GRPO splits the steps half and half (see `srft.stages`). Everything else is
+SFT-then-GRPO splits the same steps between its stages (half and half unless selected; see
+`srft.stages`). Everything else is
 the config defaults, identical across methods (clipping, lengths; the learning rate too when it is not selected).
 
 Finished runs are kept: running the same command again skips every run whose
@@ -48,7 +51,7 @@ from srft.metrics import read_metrics
 
 MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft"]
 EXPERIMENT_BUDGET = {
-    "train.max_steps": 100, "train.prompts_per_step": 16, "train.eval_every": 20, "train.save_every": 0,
+    "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 25, "train.save_every": 0,
 }
 QUICK_BUDGET = {
     "train.max_steps": 2, "train.prompts_per_step": 4, "train.eval_every": 1, "train.save_every": 0,
@@ -271,6 +274,39 @@ def select_learning_rates(presets: list[str], root: Path, grid=LR_GRID, quick: b
     return out
 
 
+STAGE_SPLITS = (0.25, 0.5, 0.75)
+STAGED = "sft_then_grpo"
+
+
+def staged_overrides(selection: dict, split: float) -> dict:
+    """sft_then_grpo at the selected rates: SFT's for its SFT stage, GRPO's for its GRPO stage."""
+    return {"optim.lr": selection["grpo"]["lr"], "train.first_stage_lr": selection["sft"]["lr"],
+            "train.stage_split": split}
+
+
+def select_stage_split(selection: dict, root: Path, splits=STAGE_SPLITS, quick: bool = False, yaml_over=None,
+                       flag_over=None, jobs: int = 1, log=print) -> dict:
+    """sft_then_grpo's stage split, chosen as the learning rates are: one run per share of the steps
+    given to SFT (`splits`), each stage at its method's selected rate (`staged_overrides`), seed
+    SELECTION_SEED, scored on the validation split; the best wins (ties: the smaller SFT share).
+    Returns {"split", "val": {split: accuracy}, "overrides"}; runs kept under root/sft_then_grpo/split-X."""
+    yaml_over, flag_over = yaml_over or {}, flag_over or {}
+    cfgs = {}
+    for sp in splits:
+        over = {**flag_over, **staged_overrides(selection, sp), "eval.dataset": VAL_DATASET}
+        cfg = run_config(STAGED, SELECTION_SEED, root, quick, yaml_over, over)
+        cfg.train.output_dir = str(root / STAGED / f"split-{sp:g}")
+        cfgs[(STAGED, f"split {sp:g}")] = cfg
+    log(f"[srft] stage-split selection: {STAGED} x {len(splits)} splits on {VAL_DATASET}")
+    run_configs(cfgs, root, jobs, log)
+    val = {sp: json.loads((root / STAGED / f"split-{sp:g}" / "eval.json").read_text())["after"]["eval"]["accuracy"]
+           for sp in splits}
+    best = best_lr(val)  # the same rule: highest accuracy, ties to the smaller value
+    log(f"[srft] {STAGED}: SFT share {best:g} (validation accuracy "
+        + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in val.items()) + ")")
+    return {"split": best, "val": val, "overrides": staged_overrides(selection, best)}
+
+
 # ---------------------------------------------------------------------------- summary
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
@@ -394,6 +430,75 @@ def gap_intervals(runs: dict, presets: list[str], seeds: list[int], sets: list[s
     return {p: welch_interval(ref_vals, per_seed(p)) for p in presets if p != ref}
 
 
+def interval_verdict(low: float, high: float) -> str:
+    """The rule for every claim "A above B": "holds" when the 95% interval of A - B is above 0,
+    "fails" when it is below 0, "not distinguishable" when it contains 0."""
+    return "holds" if low > 0 else ("fails" if high < 0 else "not distinguishable")
+
+
+def _initial_entropy(rows: list[dict], head: float = 0.1) -> float:
+    vals = [r["entropy/rollout"] for r in rows if isinstance(r.get("entropy/rollout"), (int, float))
+            and math.isfinite(r["entropy/rollout"])]
+    if not vals:
+        return float("nan")
+    return statistics.fmean(vals[:max(1, int(round(len(vals) * head)))])
+
+
+def entropy_ratio(rows: list[dict]) -> float:
+    """Rollout entropy over the last 10% of steps divided by that over the first 10% (1: steady)."""
+    first = _initial_entropy(rows)
+    return _final_entropy(rows) / first if first and math.isfinite(first) else float("nan")
+
+
+def claim_verdicts(runs: dict, presets: list[str], seeds: list[int], summary: dict) -> list[dict]:
+    """One verdict per claim of the paper that this grid can test, each by a stated rule:
+    SRFT above each baseline in and out of distribution, and above each ablation (Welch 95%
+    interval of SRFT minus it over seeds, `interval_verdict`); entropy steadier under SRFT than
+    under GRPO (the same rule on the per-seed `entropy_ratio`); one stage faster than two (SRFT's
+    mean in-distribution curve reaches SFT-then-GRPO's final mean accuracy at an earlier evaluated
+    step than SFT-then-GRPO itself). Rows: {"claim", "measured", "verdict"}."""
+    from srft.objective import SRFT_ABLATIONS
+
+    if "srft" not in presets or len(seeds) < 2:
+        return []
+    out = []
+    for label, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
+        if not sets:
+            continue
+        gaps = gap_intervals(runs, presets, seeds, sets)
+        for p, (d, lo, hi, _) in gaps.items():
+            kind = "ablation" if p in SRFT_ABLATIONS else "baseline"
+            if kind == "ablation" and label != "in distribution":
+                continue
+            out.append({"claim": f"SRFT above {p} ({kind}), {label}",
+                        "measured": f"{d:+.1f} points [{lo:+.1f}, {hi:+.1f}]", "verdict": interval_verdict(lo, hi)})
+    if "grpo" in presets:
+        ratios = {p: [entropy_ratio(runs[(p, s)]["metrics"]) for s in seeds] for p in ("srft", "grpo")}
+        if all(math.isfinite(x) for v in ratios.values() for x in v):
+            d, lo, hi, _ = welch_interval(ratios["srft"], ratios["grpo"])
+            out.append({"claim": "rollout entropy steadier under SRFT than under GRPO (last / first 10% of steps)",
+                        "measured": f"srft {statistics.fmean(ratios['srft']):.2f}, grpo "
+                                    f"{statistics.fmean(ratios['grpo']):.2f}; difference {d:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+                        "verdict": interval_verdict(lo, hi)})
+    if STAGED in presets:
+        curves = {p: [pt for pt in summary["curves"][p]["accuracy_id"] if pt[0] > 0] for p in ("srft", STAGED)}
+        if curves[STAGED]:
+            target = curves[STAGED][-1][1]
+            own, ours = steps_to_reach(curves[STAGED], target), steps_to_reach(curves["srft"], target)
+            verdict = ("fails" if ours is None or ours > own else "holds" if ours < own else "not distinguishable")
+            out.append({"claim": f"one stage faster than two: SRFT reaches {STAGED}'s final accuracy sooner",
+                        "measured": f"{STAGED} final {target:.1f}% (first reached at step {own}); SRFT reaches it "
+                                    f"at step {_or_never(ours)}",
+                        "verdict": verdict})
+    return out
+
+
+def format_verdicts(rows: list[dict]) -> str:
+    lines = ["| claim | measured (SRFT minus the other, 95% interval) | verdict |", "|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['measured']} | {r['verdict']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def compare_to(table: dict, ref: str, col: str, n: int) -> dict[str, tuple[float, float]]:
     """ref minus each other method on column col: (difference, Welch t)."""
     m1, s1 = table[ref][col]
@@ -508,15 +613,22 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
         "",
     ]
     if selection:
-        grid_lrs = sorted({lr for r in selection.values() for lr in r["val"]})
+        grid_lrs = sorted({lr for p, r in selection.items() if p != STAGED for lr in r["val"]})
         text += ["Learning rates, selected per method on the validation split (`testbed:val`, seed "
                  f"{SELECTION_SEED}, final accuracy %); SRFT's ablations use SRFT's:", "",
                  "| method | " + " | ".join(f"lr {lr:g}" for lr in grid_lrs) + " | selected |",
                  "|---|" + "---|" * (len(grid_lrs) + 1)]
         for p, r in selection.items():
-            text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
-                                                  for lr in grid_lrs) + f" | {r['lr']:g} |")
+            if p != STAGED:
+                text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
+                                                      for lr in grid_lrs) + f" | {r['lr']:g} |")
         text.append("")
+        if STAGED in selection:
+            r = selection[STAGED]
+            text += [f"{STAGED}: SFT stage at SFT's rate ({selection['sft']['lr']:g}), GRPO stage at GRPO's "
+                     f"({selection['grpo']['lr']:g}); the share of the steps given to SFT selected the same way "
+                     "(validation accuracy %): " + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in r["val"].items())
+                     + f"; selected {r['split']:g}.", ""]
     if "srft" in presets and len(seeds) > 1:
         rows = []
         for col, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
@@ -534,6 +646,12 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
                     + ", ".join(f"{p} {d:+.1f} (t {t:+.1f})" for p, (d, t) in
                                 compare_to(summary["table"], "srft", "ID avg", len(seeds)).items()) + ".")
         text.append("")
+    verdicts = claim_verdicts(grid["runs"], presets, seeds, summary)
+    if verdicts:
+        text += ["Verdicts, one per claim of the paper: \"holds\" when the 95% interval of SRFT minus the other "
+                 "excludes 0 on SRFT's side, \"fails\" when it excludes 0 on the other side, \"not "
+                 "distinguishable\" otherwise; the speed claim compares evaluated steps of the mean curves.", "",
+                 format_verdicts(verdicts), ""]
     ref = "sft_then_grpo"
     trained = {p: [pt for pt in summary["curves"][p]["accuracy_id"] if pt[0] > 0] for p in presets}
     if trained.get(ref):
@@ -547,10 +665,11 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
     (root / "results.md").write_text(md)
     js = {"command": command, "presets": presets, "seeds": seeds, "quick": quick, "budget": budget,
           "elapsed_seconds": grid["elapsed"], "sets": summary["sets"],
-          "selection": {p: {"lr": r["lr"], "val": {f"{k:g}": v for k, v in r["val"].items()}}
+          "selection": {p: {**({"lr": r["lr"]} if "lr" in r else {"split": r["split"], "overrides": r["overrides"]}),
+                            "val": {f"{k:g}": v for k, v in r["val"].items()}}
                         for p, r in (selection or {}).items()},
           "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
-          "curves": summary["curves"],
+          "curves": summary["curves"], "verdicts": verdicts,
           "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
                    for (p, s), r in grid["runs"].items()}}
     (root / "results.json").write_text(json.dumps(js, indent=2))
@@ -578,13 +697,21 @@ def run_experiment_from_args(args) -> int:
     if select:
         from srft.objective import SRFT_ABLATIONS
 
-        own = [p for p in presets if p not in SRFT_ABLATIONS]
+        own = [p for p in presets if p not in SRFT_ABLATIONS and p != STAGED]
         if any(p in SRFT_ABLATIONS for p in presets) and "srft" not in own:
             own.insert(0, "srft")
+        if STAGED in presets:  # its stages run at SFT's and GRPO's selected rates
+            own += [p for p in ("sft", "grpo") if p not in own]
         grid_lrs = tuple(float(x) for x in args.lr_grid.split(","))
         selection = select_learning_rates(own, root / "lr-selection", grid_lrs, args.quick, yaml_over, flag_over,
                                           jobs=args.jobs)
-        per_preset = {p: {"optim.lr": selection[p if p in selection else "srft"]["lr"]} for p in presets}
+        per_preset = {p: {"optim.lr": selection[p if p in selection else "srft"]["lr"]}
+                      for p in presets if p != STAGED}
+        if STAGED in presets:
+            split = select_stage_split(selection, root / "lr-selection", quick=args.quick, yaml_over=yaml_over,
+                                       flag_over=flag_over, jobs=args.jobs)
+            per_preset[STAGED] = split["overrides"]
+            selection = {**selection, STAGED: split}
     grid = run_grid(presets, seeds, root, args.quick, yaml_over, flag_over, jobs=args.jobs, per_preset=per_preset)
     summary = summarize(presets, seeds, grid["runs"])
     make_experiment_plots(summary, root / "plots")

@@ -11,9 +11,12 @@ previous stage's final model with a fresh optimiser (the usual "SFT, then RL").
     OUT/final/          the last stage's final model (moved there)
 
 Budget: the stages share `train.max_steps` by the preset's fractions (sft_then_grpo:
-half and half), so a two-stage run makes as many optimiser steps as a one-stage run;
-its SFT stage sees half the demonstrations and its GRPO stage half the rollouts of
-the corresponding one-stage runs.
+half and half; `train.stage_split` sets the first stage's share), so a two-stage run
+makes as many optimiser steps as a one-stage run; with the default split its SFT stage
+sees half the demonstrations and its GRPO stage half the rollouts of the corresponding
+one-stage runs. `train.first_stage_lr` gives the first stage its own learning rate
+(`srft experiment` uses SFT's selected rate there and GRPO's for the second stage,
+and selects the split on the validation split).
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def stage_configs(cfg: Config) -> list[Config]:
     defaults, then their own preset's values (user flags still reach them)."""
     preset = get_preset(cfg.train.preset)
     names = [name for name, _ in preset.stages]
-    steps = stage_steps(cfg.train.max_steps, [f for _, f in preset.stages])
+    fractions = [f for _, f in preset.stages]
+    if cfg.train.stage_split is not None:  # the first stage's share; the rest keep the preset's proportions
+        rest = sum(fractions[1:])
+        fractions = [cfg.train.stage_split] + [(1.0 - cfg.train.stage_split) * f / rest for f in fractions[1:]]
+    steps = stage_steps(cfg.train.max_steps, fractions)
     out = Path(cfg.train.output_dir)
     cfgs = []
     defaults = flatten(to_dict(Config()))
@@ -56,7 +63,10 @@ def stage_configs(cfg: Config) -> list[Config]:
             base = apply_overrides(apply_overrides(cfg, unset, "stage defaults"), get_preset(name).overrides,
                                    f"stage {name}")
         sub = {"train.preset": name, "train.max_steps": n, "train.resume": "", "train.push_to_hub": False,
-               "train.output_dir": str(out / f"stage{i + 1}-{name}")}  # the whole run is pushed, once, at the end
+               "train.output_dir": str(out / f"stage{i + 1}-{name}"),  # the whole run is pushed, once, at the end
+               "train.stage_split": None, "train.first_stage_lr": None}
+        if i == 0 and cfg.train.first_stage_lr is not None:
+            sub["optim.lr"] = cfg.train.first_stage_lr
         if i > 0:
             sub["model.name_or_path"] = str(out / f"stage{i}-{names[i - 1]}" / "final")
         c = apply_overrides(base, sub, f"stage {i + 1}")

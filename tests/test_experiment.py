@@ -80,6 +80,40 @@ def test_stage_split_and_configs(tmp_path):
         assert stage.objective == apply_overrides(Config(), get_preset(name).overrides, name).objective
 
 
+def test_stage_split_and_first_stage_lr(tmp_path):
+    """train.stage_split gives the first stage its share of the steps, train.first_stage_lr its own
+    learning rate; the stages themselves run as one-stage presets (the two fields reset)."""
+    p = get_preset("sft_then_grpo")
+    cfg = apply_overrides(Config(), {**p.overrides, "train.preset": "sft_then_grpo", "train.max_steps": 100,
+                                     "train.output_dir": str(tmp_path / "r"), "optim.lr": 1e-4,
+                                     "train.stage_split": 0.25, "train.first_stage_lr": 3e-3}, "t")
+    s1, s2 = stage_configs(cfg)
+    assert (s1.train.max_steps, s2.train.max_steps) == (25, 75)
+    assert (s1.optim.lr, s2.optim.lr) == (3e-3, 1e-4)
+    assert s1.train.stage_split is None and s2.train.first_stage_lr is None
+    for bad in ({"train.stage_split": 1.0}, {"train.stage_split": 0.0}, {"train.first_stage_lr": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            apply_overrides(Config(), bad, "t").validate()
+
+
+def test_stage_split_selection_on_a_tiny_grid(tiny_model_dir, tmp_path):
+    """sft_then_grpo's split is chosen on the validation split, each stage at its method's rate."""
+    from srft.experiment import select_stage_split
+
+    root = tmp_path / "sel"
+    sel = {"sft": {"lr": 1e-2}, "grpo": {"lr": 1e-4}}
+    out = select_stage_split(sel, root, splits=(0.25, 0.75), quick=True,
+                             flag_over={"model.name_or_path": str(tiny_model_dir), "train.max_steps": 4},
+                             log=lambda *a: None)
+    assert set(out["val"]) == {0.25, 0.75}
+    assert out["split"] == max(out["val"], key=lambda sp: (out["val"][sp], -sp))
+    assert out["overrides"] == {"optim.lr": 1e-4, "train.first_stage_lr": 1e-2, "train.stage_split": out["split"]}
+    run = root / "sft_then_grpo" / "split-0.25"
+    assert [r["train/stage"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 2, 2]
+    assert "lr: 0.01" in (run / "stage1-sft" / "config.yaml").read_text()
+    assert set(json.loads((run / "eval.json").read_text())["after"]) == {"eval"}  # validation only
+
+
 def test_parse_presets_groups_and_errors():
     assert parse_presets("main")[:3] == ["srft", "sft", "grpo"]
     assert parse_presets("ablations") == ["srft", *SRFT_ABLATIONS]
@@ -116,6 +150,42 @@ def test_summary_mean_std_by_hand():
     assert s["curves"]["srft"]["accuracy_id"] == [(0, pytest.approx(10.0)), (5, pytest.approx(60.0))]
     assert steps_to_reach(s["curves"]["srft"]["accuracy_id"], 55.0) == 5
     assert steps_to_reach(s["curves"]["srft"]["accuracy_id"], 61.0) is None
+
+
+def test_claim_verdicts_by_hand():
+    """Each claim's verdict by its rule, on numbers worked out by hand."""
+    from srft.experiment import claim_verdicts, entropy_ratio, interval_verdict
+
+    assert [interval_verdict(lo, hi) for lo, hi in ((0.5, 3.0), (-3.0, -0.1), (-1.0, 2.0))] == \
+        ["holds", "fails", "not distinguishable"]
+    # 10 steps: first 10% = step 1, last 10% = step 10
+    assert entropy_ratio([{"step": i + 1, "entropy/rollout": e} for i, e in enumerate([2.0] + [1.0] * 8 + [1.0])]) \
+        == pytest.approx(0.5)
+    base = {"id_chain4": 0.1, "ood_mc4": 0.2}
+
+    def run(acc_id, acc_ood, ent_last, hist=()):
+        h = [{"step": 0, "id_chain4": 0.1, "ood_mc4": 0.2}] + [{"step": st, "id_chain4": a, "ood_mc4": 0.2}
+                                                                for st, a in hist]
+        return _run({"id_chain4": acc_id, "ood_mc4": acc_ood}, base, h, [1.0] * 9 + [ent_last])
+
+    runs = {}
+    for s, (a, b, c) in enumerate([(0.60, 0.50, 0.40), (0.62, 0.52, 0.41), (0.64, 0.54, 0.42)]):
+        runs[("srft", s)] = run(a, 0.3, 0.9, [(50, 0.55), (100, a)])
+        runs[("grpo", s)] = run(b, 0.3 + 0.01 * s, 0.1)  # SRFT 10 points above, the same OOD within noise
+        runs[("sft_then_grpo", s)] = run(c, 0.3, 0.5, [(50, 0.30), (100, 0.41)])
+    presets, seeds = ["srft", "grpo", "sft_then_grpo"], [0, 1, 2]
+    v = {r["claim"].split(",")[0] + ("" if "," not in r["claim"] else ", " + r["claim"].split(", ")[-1]): r
+         for r in claim_verdicts(runs, presets, seeds, summarize(presets, seeds, runs))}
+    assert v["SRFT above grpo (baseline), in distribution"]["verdict"] == "holds"
+    assert v["SRFT above grpo (baseline), in distribution"]["measured"].startswith("+10.0 points")
+    # OOD: srft 30 in every seed, grpo 30, 31, 32: difference -1, se = 1/sqrt(3), df 2: [-3.48, +1.48]
+    ood = v["SRFT above grpo (baseline), out of distribution"]
+    assert ood["verdict"] == "not distinguishable" and "[-3.5, +1.5]" in ood["measured"]
+    ent = next(r for r in v.values() if r["claim"].startswith("rollout entropy"))
+    assert ent["verdict"] == "holds" and "srft 0.90, grpo 0.10" in ent["measured"]
+    # sft_then_grpo's final mean accuracy 41.0 is first reached at step 100; SRFT is at 55 by step 50
+    speed = next(r for r in v.values() if r["claim"].startswith("one stage"))
+    assert speed["verdict"] == "holds" and "reaches it at step 50" in speed["measured"]
 
 
 def test_welch_t_by_hand():

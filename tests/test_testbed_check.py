@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from srft.testbed_check import evaluate_preconditions
+from srft.testbed.tasks import TESTBED_VERSION
 
 BASE = {"share": {"direct": 0.7, "worked": 0.3, "think": 0.0},
         "accuracy_by_style": {"direct": 0.2, "worked": 0.5, "think": float("nan")},
@@ -43,7 +44,7 @@ def test_quick_check_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| base_reasons |" in out and "| seed_spread | not measured (--quick)" in out
     res = json.loads((tmp_path / "check.json").read_text())
-    assert res["testbed_version"] == 2 and res["base"]["n_samples"] == 800
+    assert res["testbed_version"] == TESTBED_VERSION and res["base"]["n_samples"] == 800
     assert abs(sum(res["base"]["share"].values()) - 1.0) < 1e-9
     assert set(res["base"]["greedy"]) == {"id_chain4", "ood_mc4", "ood_mc5"}
     failed = [r["precondition"] for r in res["rows"] if r["holds"] is False]

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from srft.config import Config, apply_overrides
+from srft.testbed.tasks import TESTBED_VERSION
 from srft.metrics import METRICS, doc_for, read_metrics
 from srft.trainer import Trainer
 
@@ -69,7 +70,7 @@ def test_run_folder_contract(tiny_model_dir, tmp_path):
         assert (out / "plots" / png).stat().st_size > 1000, png
     ev = json.loads((out / "eval.json").read_text())
     assert set(ev["before"]) == set(ev["after"]) == {"id_chain4", "ood_mc4", "ood_mc5"}
-    assert ev["testbed_version"] == 2
+    assert ev["testbed_version"] == TESTBED_VERSION
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in ev["after"].values())
     cks = sorted((out / "checkpoints").iterdir())
     assert [c.name for c in cks] == ["step-000002"]  # retention limit 1

@@ -1,6 +1,6 @@
 """The testbed's reasoning tasks: data, demonstrations and verifiers.
 
-The testbed reproduces the paper's situation in miniature (version 2; docs/results.md
+The testbed reproduces the paper's situation in miniature (version 3; docs/results.md
 measures each of these preconditions with `srft testbed check`):
 
 - Problems are chained additions / subtractions of one-digit numbers, generated
@@ -15,7 +15,10 @@ measures each of these preconditions with `srft testbed check`):
   Asked a question, it mostly answers directly (a 4-term chain in one go is hard
   for a tiny model) and sometimes works it out in its own style, which is more
   often right: on-policy RL has something to reinforce, as zero-RL has on
-  Qwen2.5-Math.
+  Qwen2.5-Math. The corpus's worked calculations carry random slips and, in
+  every one (version 3), a systematic mistake: a subtraction that goes below
+  zero loses its sign ("3-7=4"). The base model's reasoning is therefore
+  bounded, as a base model's is; the teacher's demonstrations are correct.
 - Demonstrations are written by a programmatic teacher, step by step, in a
   reasoning format the base model has never seen, as R1 traces are to a base
   model: "<think>4-1=3, 3-7=-4</think>-4".
@@ -44,7 +47,7 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 # Fixed testbed layout; bump TESTBED_VERSION when any of this (or the base model's corpus) changes.
-TESTBED_VERSION = 2
+TESTBED_VERSION = 3
 ID_TERMS = 4
 ID_TEST = f"id_chain{ID_TERMS}"
 VAL_SET = f"val_chain{ID_TERMS}"
