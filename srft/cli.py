@@ -8,6 +8,8 @@
     srft prepare-model smollm2-135m --output-dir DIR
     srft build-testbed
     srft testbed check [--quick] [--seeds 0 1 2 3 4] [--jobs 2]
+    srft analyze token-shift [--experiment DIR | --tuned NAME=PATH ...] [--base MODEL]
+    srft analyze dynamics [--experiment DIR | --run DIR ...] [--ref NAME=SPEC ...]
 
 `srft train` with no arguments runs SRFT on the built-in testbed (building the
 testbed's base model the first time) and prints in- and out-of-distribution
@@ -192,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--output-dir", default="runs/testbed-check", help="runs and check.json go here (kept, reused)")
     ck.add_argument("--model", default=None, help="check another base model folder (with --quick)")
     ck.set_defaults(func=cmd_testbed_check)
+    an = sub.add_parser("analyze", help="the paper's analyses: token-shift (token-probability shift) and dynamics "
+                        "(learning dynamics from checkpoints)")
+    from srft.analyses import commands as analyses
+
+    analyses.add_arguments(an)
     b = sub.add_parser("build-testbed", help="build (or find) the testbed base model and print its folder")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build_testbed)

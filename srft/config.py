@@ -174,6 +174,22 @@ class ObjectiveConfig:
     demos_in_group: bool = True
     """Demonstrations join their prompt's group for the advantages (SRFT, LUFFY: G_aug); False keeps them
     out (RL with an SFT loss: GRPO advantages over the rollouts only, demonstrations get A = 0)."""
+    sft_token_weight: str = "none"
+    """Per-token weight on L_SFT_demo's NLL: "none", or "phi": sg(p (1 - p)) (CHORD-phi, `losses.phi_weight`)."""
+    sft_gate: Optional[int] = None
+    """HPT's switch (`losses.gate_groups`): a prompt whose rollouts have at most this many correct answers
+    (reward >= 1) trains by SFT on its demonstrations only, any other by RL on its rollouts only. None: off."""
+    mix_schedule: str = "none"
+    """"none", or "chord": L = (1 - mu) L_RL_self + mu L_SFT_demo with mu scheduled over training
+    (`losses.chord_mu`: linear warm-up to mu_peak, cosine decay to mu_valley)."""
+    mu_peak: float = 0.1
+    """CHORD: mu after warm-up."""
+    mu_valley: float = 0.1
+    """CHORD: mu at the end of the decay and after it."""
+    mu_warmup: float = 0.0
+    """CHORD: warm-up length as a share of train.max_steps (0: none)."""
+    mu_decay: float = 0.0
+    """CHORD: cosine-decay length as a share of train.max_steps (0: mu is mu_valley after warm-up)."""
 
 
 @dataclass
@@ -316,6 +332,13 @@ class Config:
             raise ValueError("objective.sft_demo / objective.rl_demo need rollout.n_demos >= 1")
         if self.objective.rl_self and r.n_rollouts < 1:
             raise ValueError("objective.rl_self needs rollout.n_rollouts >= 1")
+        o = self.objective
+        if o.sft_gate is not None and (o.sft_gate < 0 or r.n_rollouts < 1 or r.n_demos < 1):
+            raise ValueError(f"objective.sft_gate ({o.sft_gate}) must be >= 0 and needs rollout.n_rollouts >= 1 and "
+                             f"rollout.n_demos >= 1 (each prompt trains on one or the other)")
+        for name in ("mu_peak", "mu_valley", "mu_warmup", "mu_decay"):
+            if not 0.0 <= getattr(o, name) <= 1.0:
+                raise ValueError(f"objective.{name} must be in [0, 1], got {getattr(o, name)}")
         if t.prompts_per_step < 1 or t.max_steps < 0:
             raise ValueError("train.prompts_per_step must be >= 1 and train.max_steps >= 0")
         for name in ("train.mini_batches", "train.epochs_per_batch", "train.save_total_limit",
@@ -385,6 +408,8 @@ CHOICES: dict[str, Any] = {
     "objective.entropy_granularity": _granularities,
     "objective.aggregation": _aggregations,
     "objective.normalize_over": ("term", "batch"),
+    "objective.sft_token_weight": ("none", "phi"),
+    "objective.mix_schedule": ("none", "chord"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "train.preset": _presets,
     "train.micro_batch_grouping": ("length", "none"),

@@ -49,7 +49,7 @@ from typing import Optional
 
 from srft.metrics import read_metrics
 
-MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft"]
+MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
 EXPERIMENT_BUDGET = {
     "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 25, "train.save_every": 0,
 }
@@ -96,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in LR_GRID),
                    help="learning rates tried per method when selecting (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny grid (2 steps, few problems) for tests and smoke checks")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep a checkpoint at every evaluation (train.eval_every) of every run, for `srft analyze "
+                        "dynamics`; runs already finished without them are not redone")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process with cpu_count/jobs torch threads (default 1)")
     add_config_flags(p)  # --output-dir, --max-steps, --config, --section.field ... apply to every run
@@ -117,21 +120,24 @@ def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict,
     return cfg
 
 
-IGNORED_FOR_REUSE = ("train.overwrite", "train.resume")
+IGNORED_FOR_REUSE = ("train.overwrite", "train.resume", "train.save_every", "train.save_total_limit")  # no effect on results
 
 
 def is_done(cfg) -> bool:
     """A run of the grid is done when its eval.json exists; its saved config must then be the one
     asked for now (else the grid would mix settings: a ValueError names the differences)."""
-    from srft.config import flatten, load_yaml, to_dict
+    from srft.config import Config, flatten, load_yaml, to_dict
 
     run_dir = Path(cfg.train.output_dir)
     if not (run_dir / "eval.json").exists():
         return False
     saved = load_yaml(str(run_dir / "config.yaml"))
     wanted = flatten(to_dict(cfg))
+    defaults = flatten(to_dict(Config()))
+    # a field added to the config after the run was made, left at its default, changes nothing
     diff = sorted(k for k in set(saved) | set(wanted)
-                  if k not in IGNORED_FOR_REUSE and saved.get(k) != wanted.get(k))
+                  if k not in IGNORED_FOR_REUSE and saved.get(k) != wanted.get(k)
+                  and not (k not in saved and k in defaults and wanted.get(k) == defaults[k]))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff[:5])
         raise ValueError(f"{run_dir} was run with other settings ({shown}); pass a new --output-dir to run "
@@ -687,6 +693,10 @@ def run_experiment_from_args(args) -> int:
         raise ValueError("--resume: run the same `srft experiment` command again instead; it skips finished "
                          "runs and redoes unfinished ones")
     root = Path(flag_over.pop("train.output_dir", "runs/experiment-quick" if args.quick else "runs/experiment"))
+    if getattr(args, "keep_checkpoints", False):
+        budget = QUICK_BUDGET if args.quick else EXPERIMENT_BUDGET
+        flag_over = {"train.save_every": flag_over.get("train.eval_every", budget["train.eval_every"]),
+                     "train.save_total_limit": 1000, **flag_over}
     yaml_over = load_yaml(args.config) if args.config else {}
     presets = parse_presets(args.presets or (",".join(QUICK_PRESETS) if args.quick else "all"))
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else [0, 1, 2, 3, 4])

@@ -35,6 +35,10 @@ Functions and the equations they compute
   trainer's pi_old on the same tokens. Not in the SRFT paper.
 - `logprob_gap`: the sampler/trainer mismatch metrics: mean |log pi_old - log mu| and the
   largest per-token ratio exp(log pi_old - log mu) over the masked tokens.
+- `phi_weight`: CHORD-phi's per-token weight sg(p (1 - p)) on the SFT NLL (arXiv 2508.11408).
+- `chord_mu`: CHORD's schedule of the SFT weight mu (linear warm-up, cosine decay, valley).
+- `gate_groups`: HPT's per-prompt switch (arXiv 2509.04419): prompts with at most `gate`
+  correct rollouts train by SFT on their demonstrations, the others by RL on their rollouts.
 - `aggregate`: the one loss-aggregation function shared by every term:
   "token-mean", "seq-mean-token-mean", "token-sum-norm" (sum / (n_seqs * L_max),
   LUFFY / Dr. GRPO). Normalisers are passed in as *global* counts so that the
@@ -50,6 +54,7 @@ Deviations and choices (the paper is silent on these)
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -190,6 +195,43 @@ def off_policy_demo_term(
 def nll(logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood, -log pi(y_t) (the SFT term)."""
     return -logprobs
+
+
+def phi_weight(logprobs: torch.Tensor) -> torch.Tensor:
+    """CHORD-phi's per-token weight on the SFT NLL: phi = sg(p (1 - p)), p = exp(log p).
+    Largest (1/4) at p = 1/2, vanishing for tokens the policy already has (p -> 1) and for
+    tokens it finds very unlikely (p -> 0). Detached: the weight is never differentiated."""
+    p = logprobs.detach().exp()
+    return p * (1.0 - p)
+
+
+def chord_mu(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
+    """CHORD's SFT weight mu at training step `step` (0-based):
+
+        step < W:          mu = peak * step / W                              (linear warm-up from 0)
+        W <= step < W + D: mu = valley + (peak - valley) (1 + cos(pi (step - W) / D)) / 2
+        step >= W + D:     mu = valley
+
+    With W = D = 0, mu is `valley` throughout (CHORD's constant-mu setting)."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    if step >= warmup_steps + decay_steps:
+        return valley
+    return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps))
+
+
+def gate_groups(correct: torch.Tensor, groups: torch.Tensor, is_demo: torch.Tensor, gate: int) -> torch.Tensor:
+    """HPT's switch as a mask of the samples that enter the loss, (N,) bool.
+
+    c_g = number of correct rollouts (`correct`, bool, of non-demonstration samples) of prompt g
+    (`groups`: each sample's prompt index). A prompt with c_g <= gate trains by SFT: its
+    demonstrations are active, its rollouts not; a prompt with c_g > gate trains by RL: its
+    rollouts are active, its demonstrations not."""
+    _, inverse = torch.unique(groups, return_inverse=True)
+    n = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    counts = torch.zeros(n, dtype=torch.long).index_add(0, inverse, (correct & ~is_demo).long())
+    to_sft = counts[inverse] <= gate
+    return torch.where(to_sft, is_demo, ~is_demo)
 
 
 def reduce_entropy(

@@ -28,6 +28,10 @@ METRICS: dict[str, str] = {
                     "in one-pass mode)",
     "weight/sft": "mean w_SFT over demonstration tokens (0.5 sg(exp(-H)) for srft, Eq. 8)",
     "weight/rl": "mean w_RL over rollout tokens (0.1 sg(exp(H)) for srft, Eq. 12; applied where A > 0)",
+    "weight/phi": "mean sg(p (1 - p)) over demonstration tokens (objective.sft_token_weight phi, CHORD-phi)",
+    "weight/mu": "CHORD's SFT weight mu at the step: L = (1 - mu) L_RL_self + mu L_SFT_demo (losses.chord_mu)",
+    "gate/sft_share": "HPT: share of the step's prompts with at most objective.sft_gate correct rollouts, trained "
+                      "by SFT on their demonstration (the others by RL on their rollouts)",
     "loss/total": "the objective: sum of the loss/* terms present",
     "loss/sft_demo": "L_SFT_demo = agg(w_SFT * -log p) over demonstration tokens",
     "loss/nll_demo": "unweighted token-mean NLL of the demonstrations, -mean log p",

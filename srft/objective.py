@@ -31,6 +31,14 @@ Choices where the paper is silent (each is an option of ObjectiveConfig):
   loss_agg_mode)`) does: a token mean under token-mean, sum H / (N_seqs * L_max)
   under token-sum-norm. 0 by default (LUFFY's script: 0.001).
 
+Switches for the methods published after SRFT (presets `hpt`, `chord`, `chord_phi`):
+- `sft_gate` (HPT): per prompt, SFT on the demonstration when at most `sft_gate` rollouts
+  are correct, else RL on the rollouts (`srft.losses.gate_groups`; `LossInputs.active`);
+- `mix_schedule = "chord"`: L = (1 - mu) L_RL_self + mu L_SFT_demo, mu from
+  `srft.losses.chord_mu` at the step (passed to `compute_loss`);
+- `sft_token_weight = "phi"`: the SFT NLL weighted per token by sg(p (1 - p))
+  (`srft.losses.phi_weight`).
+
 Not in the paper: when the rollouts come from another engine (vLLM), `LossInputs.is_weight`
 multiplies L_RL_self per token by the truncated importance weight
 min(exp(log pi_old - log mu), C) of `srft.losses.truncated_is_weight` (mu: the sampler's
@@ -66,6 +74,9 @@ class LossInputs:
     is_weight: Optional[torch.Tensor] = None
     """(B, T) detached importance weights of the on-policy term (`srft.losses.truncated_is_weight`:
     sampler/trainer mismatch correction); None: 1."""
+    active: Optional[torch.Tensor] = None
+    """(B,) bool: the samples that enter the loss (HPT's per-prompt switch, `srft.losses.gate_groups`);
+    None: all. The Normalizers' counts must be those of the active samples."""
 
 
 @dataclass
@@ -108,14 +119,18 @@ def _weight(entropy_at: torch.Tensor, mode: str, coef: float, sign: float) -> to
     return L.entropy_weight(entropy_at, coef, sign)
 
 
-def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The objective for one micro-batch. `cfg` is an `srft.config.ObjectiveConfig`.
+def compute_loss(x: LossInputs, norms: Normalizers, cfg, mu: Optional[float] = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective for one micro-batch. `cfg` is an `srft.config.ObjectiveConfig`; `mu` is
+    CHORD's SFT weight at this step (`srft.losses.chord_mu`), needed when cfg.mix_schedule is "chord".
 
     Returns the loss (a scalar with grad) and detached metrics. Every returned
     value is normalised by the mini-batch counts in `norms`, so summing them over
     the micro-batches of a mini-batch gives the mini-batch value.
     """
     mask = x.mask.to(x.logprobs.dtype)
+    if x.active is not None:
+        mask = mask * x.active.to(mask.dtype).unsqueeze(-1)
     demo = x.is_demo.to(mask.dtype).unsqueeze(-1)
     demo_mask, roll_mask = mask * demo, mask * (1 - demo)
     H = L.reduce_entropy(x.entropy, mask, cfg.entropy_granularity, norms.batch_entropy)
@@ -138,6 +153,10 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, 
     metrics: dict[str, torch.Tensor] = {}
     if cfg.sft_demo:
         w_sft = _weight(H, cfg.w_sft, cfg.w_sft_coef, cfg.w_sft_sign)
+        if cfg.sft_token_weight == "phi":
+            phi = L.phi_weight(x.logprobs)
+            w_sft = w_sft * phi
+            metrics["weight/phi"] = token_mean(phi, demo_mask, norms.demo_tokens)
         terms["sft_demo"] = agg(w_sft * L.nll(x.logprobs), "demo")
         metrics["weight/sft"] = token_mean(w_sft, demo_mask, norms.demo_tokens)
         metrics["loss/nll_demo"] = token_mean(L.nll(x.logprobs), demo_mask, norms.demo_tokens)
@@ -159,6 +178,13 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg) -> tuple[torch.Tensor, 
         metrics["weight/rl"] = token_mean(w_rl, roll_mask, norms.rollout_tokens)
         metrics["policy/clip_frac"] = token_mean(clipped, roll_mask, norms.rollout_tokens)
         metrics["policy/ratio_mean"] = token_mean(ratio, roll_mask, norms.rollout_tokens)
+    if cfg.mix_schedule == "chord":
+        if mu is None:
+            raise ValueError("objective.mix_schedule chord: compute_loss needs mu (srft.losses.chord_mu)")
+        if "sft_demo" in terms:
+            terms["sft_demo"] = mu * terms["sft_demo"]
+        if "rl_self" in terms:
+            terms["rl_self"] = (1.0 - mu) * terms["rl_self"]
     if cfg.entropy_bonus:
         terms["entropy_bonus"] = -cfg.entropy_bonus * agg(x.entropy, "all")
     total = sum(terms.values()) if terms else (x.logprobs * 0).sum()
@@ -238,6 +264,49 @@ register_preset(Preset(
         "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
         "objective.w_rl_coef": 1.0,
     },
+))
+
+# Single-stage SFT + RL methods published after SRFT (issue 14; docs/results.md). Both train on 8
+# rollouts + 1 demonstration per prompt, the budget of rl_sft, with the demonstration outside the
+# advantage group.
+register_preset(Preset(
+    "hpt",
+    "HPT / Unified Post-Training (arXiv 2509.04419): per prompt, if at most 0 of its 8 rollouts are correct "
+    "the prompt trains by SFT on its demonstration, else by RL on its rollouts (A = R - mean, no std, no "
+    "clip), entropy bonus 0.001. Deviation: the RL term is a token mean over the RL prompts' rollout tokens "
+    "(HPT's script divides the sum by the padded length, 8192).",
+    "per prompt g, c_g = #correct of 8 rollouts: c_g <= 0: token-mean_demo -log p; else token-mean_roll -A r; "
+    "- 0.001 token-mean H (active tokens)",
+    {
+        "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
+        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
+        "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
+        "objective.w_rl_coef": 1.0, "objective.sft_gate": 0, "objective.adv_std_norm": False,
+        "objective.clip_eps": None, "objective.entropy_bonus": 0.001,
+    },
+))
+_CHORD = {
+    "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
+    "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
+    "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant", "objective.w_rl_coef": 1.0,
+    "objective.mix_schedule": "chord",
+}
+register_preset(Preset(
+    "chord",
+    "CHORD-mu (arXiv 2508.11408): (1 - mu) GRPO + mu SFT, mu decaying by a cosine from 0.9 to 0.05 (Trinity-RFT's "
+    "chord-mu values). Guess: the decay spans the whole run (their configs give steps of runs of unknown length).",
+    "L = (1 - mu_t) token-mean_roll -min(rA, clip(r)A) + mu_t token-mean_demo -log p, "
+    "mu_t = 0.05 + 0.85 (1 + cos(pi t / T)) / 2",
+    {**_CHORD, "objective.mu_peak": 0.9, "objective.mu_valley": 0.05, "objective.mu_warmup": 0.0,
+     "objective.mu_decay": 1.0},
+))
+register_preset(Preset(
+    "chord_phi",
+    "CHORD-phi (arXiv 2508.11408): (1 - mu) GRPO + mu SFT with mu = 0.1 constant and the per-token weight "
+    "phi = sg(p (1 - p)) on the SFT term (Trinity-RFT's defaults).",
+    "L = 0.9 token-mean_roll -min(rA, clip(r)A) + 0.1 token-mean_demo -sg(p (1 - p)) log p",
+    {**_CHORD, "objective.mu_peak": 0.1, "objective.mu_valley": 0.1, "objective.mu_warmup": 0.0,
+     "objective.mu_decay": 0.0, "objective.sft_token_weight": "phi"},
 ))
 
 register_preset(Preset(

@@ -102,6 +102,7 @@ class Sample:
     sampler_logprobs: Optional[torch.Tensor] = None  # the rollout engine's own log-probs (rollouts only)
     prompt: Any = None  # the row's prompt (text or messages) and the response text, for completions.jsonl
     text: str = ""
+    active: bool = True  # enters the loss (HPT's switch may leave a prompt's rollouts or demonstrations out)
 
 
 def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[str, torch.Tensor]:
@@ -133,6 +134,7 @@ def collate(samples: list[Sample], pad_id: int, with_old: bool = True) -> dict[s
         "response_ids": resp, "mask": mask, "old_logprobs": old, "sampler_logprobs": sampler,
         "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
         "is_demo": torch.tensor([s.is_demo for s in samples], dtype=torch.bool),
+        "active": torch.tensor([s.active for s in samples], dtype=torch.bool),
     }
 
 
@@ -413,17 +415,25 @@ class Trainer:
                                  cfg.objective.adv_std_norm) if samples else torch.zeros(0)
         for s, r, a in zip(samples, rewards, adv.tolist()):
             s.reward, s.advantage = r, a
+        n_sft_groups = 0.0
+        if cfg.objective.sft_gate is not None and samples:  # HPT: SFT or RL per prompt
+            active = L.gate_groups(torch.tensor([s.reward >= 1.0 for s in samples]),
+                                   torch.tensor([s.group for s in samples]),
+                                   torch.tensor([s.is_demo for s in samples]), cfg.objective.sft_gate)
+            for s, on in zip(samples, active.tolist()):
+                s.active = on
+            n_sft_groups = float(len({s.group for s in samples if s.is_demo and s.active}))
         timings["time/reward"] = time.perf_counter() - t0
 
         roll = [s for s in samples if not s.is_demo]
         demo = [s for s in samples if s.is_demo]
         zero_groups = sum(1 for g, _ in exs if len({s.reward for s in samples if s.group == g}) <= 1)
         # global statistics: one all-reduce of sums and counts, one of maxima
-        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok) = dist.sum([
+        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g) = dist.sum([
             sum(s.reward for s in roll), len(roll), sum(s.reward for s in demo), len(demo),
             sum(float(s.reward >= 1.0) for s in roll), n_none, zero_groups, len(exs),
             sum(len(s.response_ids) for s in roll), sum(0.0 if f else 1.0 for f in finished),
-            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll)])
+            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll), n_sft_groups])
         (max_len,) = dist.max([max([len(s.response_ids) for s in roll], default=0)])
         info = {
             **timings,
@@ -438,6 +448,8 @@ class Trainer:
             "response_length/demo": _ratio(dlen, d_n),
             "_gen_tokens": gen_tok,
         }
+        if cfg.objective.sft_gate is not None:
+            info["gate/sft_share"] = sft_g / max(1.0, ng)
         if cfg.train.save_rollouts:
             self._dump_rollouts(samples, idx)
         return samples, info
@@ -503,14 +515,16 @@ class Trainer:
         entropy_grad = cfg.objective.entropy_bonus > 0
         max_len = cfg.objective.max_len_norm or max(cfg.rollout.max_new_tokens, cfg.data.max_demo_tokens)
         scale = float(self.dist.world)  # the engines average gradients over ranks; the loss is a global sum
+        sft_mix = self.sft_mix_weight()  # CHORD's mu (None for other objectives)
         for epoch in range(cfg.train.epochs_per_batch):
             for m in range(cfg.train.mini_batches):
                 chosen = set(groups[m * per_mb : (m + 1) * per_mb])
                 mini = [s for s in samples if s.group in chosen]
-                demo_tok = sum(len(s.response_ids) for s in mini if s.is_demo)
-                demo_seq = sum(1 for s in mini if s.is_demo and s.response_ids)
-                roll_tok = sum(len(s.response_ids) for s in mini if not s.is_demo)
-                roll_seq = sum(1 for s in mini if not s.is_demo and s.response_ids)
+                on = [s for s in mini if s.active]  # the counts of what enters the loss
+                demo_tok = sum(len(s.response_ids) for s in on if s.is_demo)
+                demo_seq = sum(1 for s in on if s.is_demo and s.response_ids)
+                roll_tok = sum(len(s.response_ids) for s in on if not s.is_demo)
+                roll_seq = sum(1 for s in on if not s.is_demo and s.response_ids)
                 counts = self.dist.sum([demo_tok, demo_seq, roll_tok, roll_seq])
                 norms = Normalizers(*counts, max_len=max_len, batch_entropy=batch_entropy)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -529,8 +543,9 @@ class Trainer:
                             g_sum, g_n, g_max = L.logprob_gap(old, mu, roll)
                             gap[0], gap[1], gap[2] = gap[0] + float(g_sum), gap[1] + float(g_n), max(gap[2], float(g_max))
                         w_is = L.truncated_is_weight(old, mu, cfg.rollout.is_cap) if self.is_correction else None
-                        x = LossInputs(lp, ent, old, batch["advantages"].to(dev), mask, is_demo, w_is)
-                        loss, mets = compute_loss(x, norms, cfg.objective)
+                        active = batch["active"].to(dev) if cfg.objective.sft_gate is not None else None
+                        x = LossInputs(lp, ent, old, batch["advantages"].to(dev), mask, is_demo, w_is, active)
+                        loss, mets = compute_loss(x, norms, cfg.objective, sft_mix)
                         acc.backward(loss * scale)
                     trained_tokens += int(batch["attention_mask"].sum())
                     padded_tokens += batch["attention_mask"].numel()
@@ -558,6 +573,8 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
         out = {k: v / max(1, n_updates) for k, v in sums.items()}
         out["policy/grad_norm"] = _mean(grad_norms)
+        if sft_mix is not None:
+            out["weight/mu"] = sft_mix
         out["optim/skipped_updates"] = float(skipped)
         out["time/update"] = time.perf_counter() - t0
         tokens, padded, h_sum, h_n, g_sum, g_n = self.dist.sum([trained_tokens, padded_tokens, *demo_h, *gap[:2]])
@@ -569,6 +586,14 @@ class Trainer:
         out["train/pad_fraction"] = 1.0 - _ratio(tokens, padded) if padded else 0.0
         out["_demo_entropy"] = _ratio(h_sum, h_n)
         return out
+
+    def sft_mix_weight(self) -> Optional[float]:
+        """CHORD's mu at this step (objective.mix_schedule "chord"), else None. Its warm-up and decay
+        are shares of train.max_steps."""
+        o, n = self.cfg.objective, self.cfg.train.max_steps
+        if o.mix_schedule != "chord":
+            return None
+        return L.chord_mu(self.step, int(round(o.mu_warmup * n)), int(round(o.mu_decay * n)), o.mu_peak, o.mu_valley)
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()

@@ -117,7 +117,7 @@ def test_stage_split_selection_on_a_tiny_grid(tiny_model_dir, tmp_path):
 def test_parse_presets_groups_and_errors():
     assert parse_presets("main")[:3] == ["srft", "sft", "grpo"]
     assert parse_presets("ablations") == ["srft", *SRFT_ABLATIONS]
-    assert len(parse_presets("all")) == 6 + len(SRFT_ABLATIONS)
+    assert len(parse_presets("all")) == 9 + len(SRFT_ABLATIONS)
     assert parse_presets("grpo, srft,grpo") == ["grpo", "srft"]
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         parse_presets("srft,nope")

@@ -20,6 +20,7 @@ from srft.losses import (
     token_logprobs_and_entropy,
     truncated_is_weight,
 )
+from srft import losses as L
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -399,3 +400,28 @@ def test_logprob_gap_by_hand():
     assert n.item() == 3
     assert_close(rmax, t(1.648721), **TOL)
     assert logprob_gap(old, mu, torch.zeros_like(mask))[2].item() == 0.0
+
+
+def test_phi_weight_by_hand():
+    lp = torch.log(torch.tensor([[0.5, 0.9, 1.0, 0.1]]))
+    torch.testing.assert_close(L.phi_weight(lp), torch.tensor([[0.25, 0.09, 0.0, 0.09]]))
+
+
+def test_chord_mu_by_hand():
+    # warm-up 4 steps to 0.8, then a cosine over 4 steps down to 0.2, then 0.2
+    mu = [L.chord_mu(s, 4, 4, 0.8, 0.2) for s in range(10)]
+    expected = [0.0, 0.2, 0.4, 0.6, 0.8, 0.2 + 0.6 * (1 + math.cos(math.pi / 4)) / 2, 0.5,
+                0.2 + 0.6 * (1 + math.cos(3 * math.pi / 4)) / 2, 0.2, 0.2]
+    assert mu == pytest.approx(expected)
+    assert [L.chord_mu(s, 0, 0, 0.9, 0.1) for s in (0, 5)] == [0.1, 0.1]  # constant mu
+
+
+def test_gate_groups_by_hand():
+    # prompt 0: rollouts r,r (1 correct) + demo; prompt 1: rollouts r,r (0 correct) + demo; prompt 2: 2 correct
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    is_demo = torch.tensor([False, False, True] * 3)
+    correct = torch.tensor([True, False, False, False, False, True, True, True, False])  # a demo's own flag is ignored
+    active = L.gate_groups(correct, groups, is_demo, gate=0)
+    assert active.tolist() == [True, True, False, False, False, True, True, True, False]
+    active = L.gate_groups(correct, groups, is_demo, gate=1)  # at most 1 correct: prompts 0 and 1 to SFT
+    assert active.tolist() == [False, False, True, False, False, True, True, True, False]

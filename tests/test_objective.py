@@ -137,11 +137,16 @@ def test_micro_batch_invariance_of_the_objective(preset, aggregation):
                                      "objective.entropy_granularity": "sequence"}, "t").objective
     norms = norms_of(x)
     norms.max_len = T
-    whole, _ = compute_loss(x, norms, cfg)
+    if cfg.sft_gate is not None:  # HPT: some samples leave the loss; the counts are those of the others
+        x.active = torch.tensor([True, True, False, False, True, False, True, True])
+        keep = x.mask * x.active.float().unsqueeze(-1)
+        norms = Normalizers.from_masks(keep, x.is_demo, max_len=T)
+    whole, _ = compute_loss(x, norms, cfg, mu=0.3)
     parts = 0.0
     for s in (slice(0, 3), slice(3, 5), slice(5, 8)):
-        sub = LossInputs(x.logprobs[s], x.entropy[s], x.old_logprobs[s], x.advantages[s], x.mask[s], x.is_demo[s])
-        parts = parts + compute_loss(sub, norms, cfg)[0]
+        sub = LossInputs(x.logprobs[s], x.entropy[s], x.old_logprobs[s], x.advantages[s], x.mask[s], x.is_demo[s],
+                         active=None if x.active is None else x.active[s])
+        parts = parts + compute_loss(sub, norms, cfg, mu=0.3)[0]
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-7)
 
 
@@ -172,6 +177,67 @@ def test_rl_sft_equals_written_formula():
             grpo += -min(r * A[i], min(max(r, 0.8), 1.2) * A[i])
     expected = float(grpo) / 5 + float(-lp[2].mean())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _grpo_sum(lp, old, A, rows, clip=True):
+    total = 0.0
+    for i, n in rows:
+        for t in range(n):
+            r = math.exp(lp[i, t] - old[i, t])
+            total += -min(r * A[i], min(max(r, 0.8), 1.2) * A[i]) if clip else -r * A[i]
+    return float(total)
+
+
+def test_hpt_equals_written_formula():
+    """Prompt 0 (rows 0-2: rollouts 0, 1 and its demonstration 2) had a correct rollout: RL on its
+    rollouts; prompt 1 (rows 3-4: rollout 3, demonstration 4) had none: SFT on its demonstration.
+    L = token-mean over rows 0-1 of -A r (no clip) + token-mean over row 4 of -log p
+        - 0.001 token-mean of H over the active tokens."""
+    g = torch.Generator().manual_seed(7)
+    lp = -torch.rand(5, 3, generator=g) * 2
+    H = torch.rand(5, 3, generator=g)
+    old = lp + 0.1 * torch.randn(5, 3, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
+    is_demo = torch.tensor([False, False, True, False, True])
+    A = torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0])
+    from srft.losses import gate_groups
+
+    active = gate_groups(torch.tensor([True, False, False, False, False]), torch.tensor([0, 0, 0, 1, 1]), is_demo, 0)
+    assert active.tolist() == [True, True, False, False, True]
+    x = LossInputs(lp, H, old, A, mask, is_demo, active=active)
+    norms = Normalizers.from_masks(mask * active.float().unsqueeze(-1), is_demo, max_len=3)
+    loss, m = compute_loss(x, norms, preset_cfg("hpt"))
+    rl = _grpo_sum(lp, old, A, ((0, 2), (1, 3)), clip=False) / 5
+    sft = float(-lp[4, :2].sum()) / 2
+    ent = float((H[0, :2].sum() + H[1].sum() + H[4, :2].sum())) / 7
+    assert m["loss/rl_self"].item() == pytest.approx(rl, rel=1e-5)
+    assert m["loss/sft_demo"].item() == pytest.approx(sft, rel=1e-5)
+    assert loss.item() == pytest.approx(rl + sft - 0.001 * ent, rel=1e-5)
+
+
+def test_chord_and_chord_phi_equal_their_formulas():
+    x = small_batch(8)
+    lp, old, A = x.logprobs.detach(), x.old_logprobs, x.advantages
+    grpo = _grpo_sum(lp, old, A, ((0, 2), (1, 3))) / 5
+    loss, _ = compute_loss(x, norms_of(x), preset_cfg("chord"), mu=0.3)
+    assert loss.item() == pytest.approx(0.7 * grpo + 0.3 * float(-lp[2].mean()), rel=1e-5)
+    p = lp[2].exp()
+    loss, m = compute_loss(x, norms_of(x), preset_cfg("chord_phi"), mu=0.1)
+    assert loss.item() == pytest.approx(0.9 * grpo + 0.1 * float((-(p * (1 - p)) * lp[2]).mean()), rel=1e-5)
+    assert m["weight/phi"].item() == pytest.approx(float((p * (1 - p)).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="needs mu"):
+        compute_loss(x, norms_of(x), preset_cfg("chord"))
+
+
+def test_phi_weight_is_stop_gradient():
+    lp = torch.log(torch.tensor([0.5, 0.9])).requires_grad_(True)
+    cfg = apply_overrides(Config(), {**get_preset("sft").overrides, "objective.sft_token_weight": "phi"}, "t").objective
+    x = LossInputs(lp.unsqueeze(0), torch.zeros(1, 2), lp.detach().unsqueeze(0), torch.zeros(1), torch.ones(1, 2),
+                   torch.tensor([True]))
+    loss, _ = compute_loss(x, norms_of(x), cfg)
+    loss.backward()
+    # d/d lp of mean(-phi * lp) with phi held fixed: -phi / 2 = -(0.25, 0.09) / 2
+    torch.testing.assert_close(lp.grad, torch.tensor([-0.125, -0.045]))
 
 
 @pytest.mark.parametrize("name", ["srft_wsft_fixed", "srft_wrl_fixed", "srft_no_sft_demo", "srft_no_rl_demo",

@@ -4,6 +4,7 @@ follows the contract, and the metrics file has the contract's keys."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -222,3 +223,43 @@ def test_a_preset_set_in_python_trains_that_preset(tiny_model_dir, tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["preset"] == "grpo" and saved["objective"]["sft_demo"] is False
     assert saved["rollout"]["n_demos"] == 0 and saved["data"]["reward"].endswith("test_train_tiny:length_reward")
+
+
+@pytest.mark.parametrize("preset", ["hpt", "chord", "chord_phi"])
+def test_newer_single_stage_presets_train(tiny_model_dir, tmp_path, preset):
+    """HPT's switch and CHORD's mu reach the trainer: gate/sft_share, weight/mu by step, weight/phi."""
+    from srft.objective import get_preset
+
+    over = {**get_preset(preset).overrides, "train.preset": preset, "train.save_every": 0}
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", over, **{"train.max_steps": 4})
+    cfg.data.reward = "tests.test_train_tiny:length_reward"
+    Trainer(cfg, log=lambda *a: None).train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(math.isfinite(r["loss/total"]) for r in rows)
+    if preset == "hpt":
+        # with length_reward some prompts have a correct rollout and some none; each step's share is k / 4
+        shares = [r["gate/sft_share"] for r in rows]
+        assert all(s in (0.0, 0.25, 0.5, 0.75, 1.0) for s in shares)
+    if preset == "chord":  # cosine from 0.9 to 0.05 over the 4 steps
+        assert [r["weight/mu"] for r in rows] == pytest.approx(
+            [0.05 + 0.85 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)])
+    if preset == "chord_phi":
+        assert [r["weight/mu"] for r in rows] == pytest.approx([0.1] * 4)
+        assert all(0.0 <= r["weight/phi"] <= 0.25 for r in rows)
+
+
+def test_hpt_prompts_without_a_correct_rollout_train_by_sft_only(tiny_model_dir, tmp_path):
+    """No rollout ever correct: every prompt trains by SFT; the RL term is empty (0, not NaN)."""
+    from srft.objective import get_preset
+
+    over = {**get_preset("hpt").overrides, "train.preset": "hpt", "train.save_every": 0}
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", over)
+    cfg.data.reward = "tests.test_train_tiny:zero_reward"
+    Trainer(cfg, log=lambda *a: None).train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["gate/sft_share"] for r in rows] == [1.0, 1.0]
+    assert all(r["loss/rl_self"] == 0.0 and r["loss/sft_demo"] > 0 for r in rows)
+
+
+def zero_reward(prompts, completions, **_):
+    return [0.0 for _ in completions]
