@@ -204,8 +204,9 @@ class OptimConfig:
     """AdamW beta2."""
     warmup_steps: int = 0
     """Optimiser steps of linear warm-up from 0."""
-    schedule: str = "constant"
-    """"constant", "linear" or "cosine" decay after warm-up."""
+    schedule: str = "linear"
+    """"constant", "linear" or "cosine" decay after warm-up (linear to 0 by the last step, as TRL's default;
+    on the testbed a constant rate leaves SFT's final accuracy 55-74% across seeds, linear decay 90-93%)."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
 
