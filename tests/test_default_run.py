@@ -14,9 +14,15 @@ import pytest
 from srft.metrics import read_metrics
 
 
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """A cache folder the first test fills with a testbed base model built from scratch."""
+    return tmp_path_factory.mktemp("fresh") / "cache"
+
+
 @pytest.mark.slow
-def test_default_srft_train_learns(tmp_path):
-    env = {**os.environ, "SRFT_CACHE": str(tmp_path / "cache")}
+def test_default_srft_train_learns(tmp_path, fresh_cache):
+    env = {**os.environ, "SRFT_CACHE": str(fresh_cache)}
     r = subprocess.run([sys.executable, "-m", "srft.cli", "train"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -31,5 +37,18 @@ def test_default_srft_train_learns(tmp_path):
     assert {"step", "reward/mean", "entropy/rollout", "weight/sft", "weight/rl", "loss/total"} <= set(rows[0])
     assert (out / "final" / "model.safetensors").is_file() and (out / "config.yaml").is_file()
     assert len(list((out / "plots").glob("*.png"))) >= 4
-    built = list((tmp_path / "cache" / "testbed").glob("base-*/model.safetensors"))
+    built = list((fresh_cache / "testbed").glob("base-*/model.safetensors"))
     assert len(built) == 1
+
+
+@pytest.mark.slow
+def test_testbed_check_base_rows_hold_on_a_fresh_build(tmp_path, fresh_cache):
+    """`srft testbed check --quick` on the base model built on this machine (by the test above, or
+    here if it runs alone): the base model's preconditions hold (exit 0), whatever the CPU."""
+    env = {**os.environ, "SRFT_CACHE": str(fresh_cache)}
+    r = subprocess.run([sys.executable, "-m", "srft.cli", "testbed", "check", "--quick", "--output-dir",
+                        str(tmp_path / "check")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
+    print(r.stdout[-2500:])
+    assert r.returncode == 0, r.stdout[-2500:] + r.stderr[-2000:]
+    rows = {x["precondition"]: x["holds"] for x in json.loads((tmp_path / "check" / "check.json").read_text())["rows"]}
+    assert rows["base_reasons"] and rows["demo_format_unseen"] and rows["ood_base_nonzero"]
