@@ -17,7 +17,8 @@ the same way (`select_stage_split`). The selected setting then runs with every s
 adds each method's gap to SRFT with a Welch 95% interval over seeds (`welch_interval`).
 
 Equal budget (EXPERIMENT_BUDGET): every method makes the same number of optimiser
-steps (`train.max_steps`) on the same number of prompts per step, with groups of 8
+steps (`train.max_steps`, with the learning rate decaying linearly to 0) on the same
+number of prompts per step, with groups of 8
 responses per prompt where it samples (SRFT/LUFFY: 7 rollouts + 1 demonstration;
 GRPO: 8 rollouts; RL+SFT: 8 rollouts and the demonstration as an extra NLL term).
 SFT sees one demonstration per prompt, the same demonstration count as SRFT.
@@ -52,6 +53,7 @@ from srft.metrics import read_metrics
 MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
 EXPERIMENT_BUDGET = {
     "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 25, "train.save_every": 0,
+    "optim.schedule": "linear",  # decay to 0, as TRL's default: at a constant rate SFT's seeds ended 55-74
 }
 QUICK_BUDGET = {
     "train.max_steps": 2, "train.prompts_per_step": 4, "train.eval_every": 1, "train.save_every": 0,
