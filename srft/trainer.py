@@ -297,6 +297,7 @@ class Trainer:
                                 f"this run has {self.dist.world}; resume with {saved_world} (the random states and "
                                 f"any sharded optimiser state are per process)")
         ckpt.load_checkpoint(self.accelerator, ck)
+        self._reapply_schedule()
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
@@ -307,6 +308,15 @@ class Trainer:
         self.dist.barrier()
         self.log(f"[srft] resuming {self.out} from checkpoint {ck.name} (step {self.step} of "
                  f"{self.cfg.train.max_steps})")
+
+    def _reapply_schedule(self) -> None:
+        """The learning rate of the next optimiser step under this run's schedule. A run resumed with
+        an extended train.max_steps has another decay than the checkpoint's: without this, the first
+        step after resuming would take the rate the old schedule left in the optimiser (0 at its end)."""
+        sched = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps the LambdaLR
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _adapt_model(self, model):
         """Gradient checkpointing and LoRA (peft), as configured."""

@@ -260,3 +260,15 @@ def test_staged_run_resumes_in_its_unfinished_stage(tiny_model_dir, tmp_path, mo
         assert without_timings(ev[key]) == without_timings(ev_ref[key]), key
     assert main(["train", "--resume", str(out)]) == 2  # complete: nothing to resume
 
+
+
+def test_extending_a_finished_run_continues_its_decay(tiny_model_dir, tmp_path):
+    """A 2-step run extended to 4 with --resume (linear decay): the resumed steps take the 4-step
+    schedule's rates (1/2, 1/4 of lr), not the 0 the 2-step schedule ended at."""
+    out = tmp_path / "run"
+    over = {"optim.schedule": "linear", "optim.lr": 1e-2, "train.eval_every": 0}
+    Trainer(tiny_cfg(tiny_model_dir, out, **over, **{"train.max_steps": 2}), log=quiet).train()
+    Trainer(tiny_cfg(tiny_model_dir, out, **over, **{"train.max_steps": 4, "train.resume": str(out)}),
+            log=quiet).train()
+    lrs = [r["optim/lr"] for r in read_metrics(out / "metrics.jsonl")]
+    assert lrs == pytest.approx([1e-2, 5e-3, 5e-3, 2.5e-3])
