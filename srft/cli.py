@@ -3,6 +3,7 @@
     srft train [--preset srft|grpo|sft] [--output-dir DIR] [--max-steps N] [--seed S]
                [--config FILE.yaml] [--section.field VALUE ...]
     srft eval --model DIR [--output-dir DIR] [--eval.limit N] [--eval.temperature T]
+    srft eval --model DIR --benchmark FILE [FILE ...] [--protocol srft] [--engine vllm]
     srft presets
     srft experiment [--quick] [--presets a,b,...] [--seeds 0 1 2] [--output-dir DIR]
     srft prepare-model smollm2-135m --output-dir DIR
@@ -67,23 +68,36 @@ def cmd_eval(args) -> int:
     for short, key in EVAL_SHORT.items():
         if getattr(args, f"short__{short}", None) is not None:
             over[key] = getattr(args, f"short__{short}")
-    if args.benchmark:  # the paper's protocol unless told otherwise
+    if over.get("eval.dataset") is not None:
+        raise ValueError("--eval.dataset: `srft eval` evaluates the testbed's sets or benchmark files "
+                         "(--benchmark FILE ...); a dataset scored by a run's reward is evaluated by `srft train` "
+                         "with --eval.dataset")
+    if over.get("eval.benchmark") is not None:  # the config name of --benchmark
+        args.benchmark = (args.benchmark or []) + [over.pop("eval.benchmark")]
+    if args.protocol:
+        from srft.protocol import run_protocol_from_args
+
+        return run_protocol_from_args(args, {k.removeprefix("eval."): v for k, v in over.items()})
+    if args.engine != "hf":
+        raise ValueError("--engine: only `srft eval --protocol` takes an engine for now")
+    if args.benchmark:  # the paper's sampling settings unless told otherwise
         over = {**BENCHMARK_DEFAULTS, **over}
     cfg = apply_overrides(Config(), over, "command line")
     model, tok, path = load_model_and_tokenizer(args.model, ModelConfig(trust_remote_code=args.trust_remote_code,
                                                                         dtype=args.dtype))
     out_dir = Path(args.output_dir) if args.output_dir else None
     if args.benchmark:
-        from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_benchmark
+        from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
 
-        problems = load_benchmark(args.benchmark, cfg.eval.limit)
+        problems = [p for f in args.benchmark for p in load_problems(f, cfg.eval.limit, seed=args.seed)]
         e = cfg.eval
-        print(f"[srft] {len(problems)} unique problems from {args.benchmark}, k={e.k}, temperature={e.temperature}, "
-              f"max_new_tokens={e.max_new_tokens}", file=sys.stderr)
+        print(f"[srft] {len(problems)} unique problems from {', '.join(args.benchmark)}, k={e.k}, "
+              f"temperature={e.temperature}, max_new_tokens={e.max_new_tokens}", file=sys.stderr)
         res = evaluate_benchmark(model, tok, problems, k=e.k, temperature=e.temperature, top_p=e.top_p,
-                                 max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=args.seed)
-        res["model"], res["benchmark"] = path, str(args.benchmark)
-        print(f"model: {path}\nbenchmark: {args.benchmark}")
+                                 max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=args.seed,
+                                 multi_box=args.multi_box, progress=True)
+        res["model"], res["benchmark"] = path, [str(b) for b in args.benchmark]
+        print(f"model: {path}\nbenchmark: {', '.join(args.benchmark)}")
         print(format_benchmark_table(res))
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,18 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a model on the testbed's test sets or on a benchmark file")
     e.add_argument("--model", default="testbed", help="model folder or hub id (default: the testbed base model)")
-    e.add_argument("--benchmark", default=None, help="a verl-layout parquet file (e.g. math_id.parquet); "
-                   "default: the testbed's test sets")
-    e.add_argument("--output-dir", default=None, help="write eval.json / benchmark.json here")
+    e.add_argument("--benchmark", nargs="+", default=None, metavar="FILE",
+                   help="benchmark files: verl-layout parquet (e.g. LUFFY's math_id.parquet, arc_c.parquet), GPQA's "
+                   "csv, MMLU-Pro's parquet (docs/evaluation.md); default: the testbed's test sets")
+    e.add_argument("--protocol", default=None, metavar="NAME",
+                   help="evaluate on a paper's protocol over the --benchmark files: srft (the SRFT paper's: avg@32 "
+                   "on AIME24/AMC, pass@1 elsewhere, temperature 0.6, 8,192 tokens, options shuffled) or srft-fast "
+                   "(avg@4); resumable, prints a table like the paper's (srft.protocol)")
+    e.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout engine (with --protocol)")
+    e.add_argument("--system-prompt", default="file", metavar="file|drop|TEXT",
+                   help="with --protocol: keep the files' system messages (file), remove them (drop, as LUFFY's "
+                   "script does) or replace them with TEXT")
+    e.add_argument("--multi-box", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --benchmark: score an answer split over several \\boxed{} as the set of its parts, "
+                   "as math-verify does (--protocol srft: on)")
+    e.add_argument("--output-dir", default=None,
+                   help="write eval.json / benchmark.json here (--protocol: sources/, protocol.json, protocol.md; "
+                   "default runs/protocol/<model>)")
     e.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     e.add_argument("--k", dest="short__k", metavar="K", type=int, default=None, help="samples per problem (avg@k)")
     e.add_argument("--limit", dest="short__limit", metavar="N", type=int, default=None,
                    help="first N unique problems (of each source, for a benchmark)")
     e.add_argument("--temperature", dest="short__temperature", metavar="T", type=float, default=None,
-                   help="0 = greedy; default 0 on the testbed, 0.6 on a benchmark")
+                   help="0 = greedy; default 0 on the testbed, 0.6 on a benchmark or protocol")
     e.add_argument("--top-p", dest="short__top_p", metavar="P", type=float, default=None)
     e.add_argument("--max-new-tokens", dest="short__max_new_tokens", metavar="N", type=int, default=None,
-                   help="default 48 on the testbed, 1024 on a benchmark")
+                   help="default 48 on the testbed, 1024 on a benchmark, the protocol's (8,192) with --protocol")
     e.add_argument("--batch-size", dest="short__batch_size", metavar="B", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--trust-remote-code", action="store_true")

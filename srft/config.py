@@ -303,9 +303,14 @@ class EvalConfig:
     datasets.Dataset), scored by the run's reward: its mean reward is eval/eval/accuracy, before,
     every train.eval_every steps and after. None: the testbed's sets on the testbed, else none."""
     benchmark: Optional[str] = None
-    """A benchmark file in the verl parquet layout (e.g. math_id.parquet): each data_source is an
-    evaluation set (its unique problems), scored by the math verifier, avg@k with eval.k samples,
-    before, every train.eval_every steps and after (eval/SOURCE/accuracy, eval.json, the accuracy plot)."""
+    """Benchmark files, comma-separated (verl parquet such as math_id.parquet, GPQA's csv, MMLU-Pro's
+    parquet; srft.benchmarks): each data_source is an evaluation set (its unique problems), scored by the
+    math verifier, avg@k with eval.k samples, before, every train.eval_every steps and after
+    (eval/SOURCE/accuracy, eval.json, the accuracy plot)."""
+    protocol: str = "none"
+    """With eval.benchmark: evaluate its sources on a protocol (srft.protocol): srft (avg@32 on AIME24 and
+    AMC, pass@1 elsewhere) or srft-fast (avg@4); its temperature, top-p, option shuffling and multi-box
+    answers, while the token budget stays eval.max_new_tokens. none: eval.k and eval.temperature."""
 
 
 @dataclass
@@ -417,6 +422,7 @@ CHOICES: dict[str, Any] = {
     "train.report_to": ("none", "tensorboard", "wandb"),
     "train.old_logprob_pass": ("auto", "always"),
     "train.logprob_path": ("auto", "logits"),
+    "eval.protocol": ("none", "srft", "srft-fast"),
 }
 
 

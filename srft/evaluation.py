@@ -6,6 +6,7 @@ which case k is 1) and scored by the reward function. Reported per set:
 - `accuracy` = avg@k = mean over problems of (correct samples / k)   (pass@1 when k = 1)
 - `pass@k`   = share of problems with at least one correct sample
 - `mean_length` = mean completion length in tokens
+- `truncated` = share of samples that hit the token budget before their end token
 
 The testbed's sets are its in-distribution test set (`id_chain4`) and its
 out-of-distribution sets (`ood_mc4`, `ood_mc5`: multiple choice); see `srft.testbed.tasks`.
@@ -35,10 +36,15 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
 
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0,
-             dist=None, system_prompt: Optional[str] = None, chat: str = "auto", state=None) -> dict:
-    """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length"}}
+             dist=None, system_prompt: Optional[str] = None, chat: str = "auto", state=None,
+             progress: bool = False, details: bool = False) -> dict:
+    """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length", "truncated"}}
     (the same on every rank). Prompts are encoded as in training (`system_prompt`, `chat`);
-    `state` (a srft.rewards.RewardState) is the rewards' `trainer_state`."""
+    `state` (a srft.rewards.RewardState) is the rewards' `trainer_state`.
+
+    progress: generate in chunks of `eval_cfg.batch_size` sequences with a progress bar (main
+    rank); the samples do not change (each has its own seed). details: add "per_problem", one
+    {"avg", "any", "length", "completion"} per problem (the first sample's completion)."""
     from srft.distributed import Dist
     from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
@@ -55,7 +61,9 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
         own, n_real = dist.padded_shard(len(rows))
         prompt_ids = [encode_prompt(tokenizer, rows[i]["prompt"], system_prompt, chat) for i in own for _ in range(k)]
         seeds = [derive_seed(seed, "eval", name, i, j) for i in own for j in range(k)]
-        out = engine.generate(prompt_ids, params, seed=seeds)
+        out = _generate(engine, prompt_ids, params, seeds, tokenizer.pad_token_id,
+                        eval_cfg.batch_size if progress else None,
+                        f"{name} ({len(rows)} x {k})" if progress and dist.is_main else None)
         n_local = n_real * k  # the padding rows (repeats) are dropped
         completions = [
             tokenizer.decode(ids[m.bool()], skip_special_tokens=True)
@@ -69,9 +77,12 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
         rewards, _ = (score_completions(reward_fn, prompts, completions, cols, completion_ids=ids, state=state)
                       if real else ([], 0))
         lengths = out.lengths[:n_local].tolist()
+        finished = out.finished[:n_local].tolist()
         local = [(i, rewards[a * k : (a + 1) * k], lengths[a * k : (a + 1) * k],
                   [{"prompt": prompts[a * k + j], "completion": completions[a * k + j], "reward": rewards[a * k + j]}
-                   for j in range(k)] if i < 3 else [])
+                   for j in range(k)] if i < 3 else [],
+                  sum(not f for f in finished[a * k : (a + 1) * k]),
+                  completions[a * k] if details else None)
                  for a, i in enumerate(own[:n_real])]
         per_problem = sorted(dist.gather(local), key=lambda x: x[0])
         flat_samples = [s for p in per_problem for s in p[3]]
@@ -81,10 +92,33 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
             "n": len(rows),
             "k": k,
             "mean_length": float(sum(sum(p[2]) for p in per_problem) / max(1, len(rows) * k)),
+            "truncated": float(sum(p[4] for p in per_problem) / max(1, len(rows) * k)),
             "seconds": round(time.time() - t0, 2),
             "samples": flat_samples[:3],
         }
+        if details:
+            results[name]["per_problem"] = [
+                {"avg": sum(p[1]) / k, "any": float(any(x >= 1.0 for x in p[1])), "length": sum(p[2]) / k,
+                 "completion": p[5]} for p in per_problem]
     return results
+
+
+def _generate(engine, prompt_ids: list, params, seeds: list, pad_id: int, chunk: Optional[int],
+              desc: Optional[str]):
+    """engine.generate over all prompts, or over chunks of `chunk` with a progress bar titled `desc`
+    (None: no bar, e.g. on the other ranks, which still run the same chunks)."""
+    if not chunk or len(prompt_ids) <= chunk:
+        return engine.generate(prompt_ids, params, seed=seeds)
+    from tqdm.auto import tqdm
+
+    from srft.rollout.base import RolloutOutput
+
+    parts = []
+    with tqdm(total=len(prompt_ids), desc=desc, unit="seq", disable=desc is None, leave=False) as bar:
+        for a in range(0, len(prompt_ids), chunk):
+            parts.append(engine.generate(prompt_ids[a : a + chunk], params, seed=seeds[a : a + chunk]))
+            bar.update(len(prompt_ids[a : a + chunk]))
+    return RolloutOutput.concat(parts, pad_id)
 
 
 def format_table(before: dict, after: Optional[dict] = None) -> str:

@@ -8,7 +8,9 @@ callable (see `srft.rewards`): for each completion it extracts the final answer
 (`extract_prediction`), compares it with the ground truth (`verify_one`, run in
 a `MathVerifier` worker pool) and returns 1.0 (correct) or 0.0 (wrong, missing,
 too long, timed out or crashed). It can be selected by import path,
-``srft.math_reward:math_reward``.
+``srft.math_reward:math_reward``. `math_reward_multi_box` (same signature,
+``srft.math_reward:math_reward_multi_box``) also accepts an answer split over
+several boxes (see below); `make_math_reward(multi_box)` returns one or the other.
 
 Extraction rules (`extract_answer`)
 -----------------------------------
@@ -21,6 +23,33 @@ Extraction rules (`extract_answer`)
   is None: an earlier, closed box is NOT used instead.
 - No box: None. There is no other fallback for math answers (no "last number"
   heuristics), so a model must box its answer to be rewarded.
+- Multi-box option (``extract_answer(..., multi_box=True)``,
+  ``extract_prediction(..., multi_box=True)``, `math_reward_multi_box`; off by
+  default), after math-verify (`math_verify.parser.lazy_latex_regex`, which TRL
+  and LUFFY's evaluation use): starting from the last closed box, the boxes
+  immediately before it are taken too while the text between two consecutive
+  boxes is only a separator, at most 6 boxes in all (math-verify's first box +
+  5), returned in order. A separator is ``,`` ``;`` ``and`` ``or`` ``,and``
+  ``,or`` (also written ``\\text{and}`` / ``\\text{ or }``), with optional
+  spacing (whitespace, ``\\quad``, ``\\qquad``, ``\\,`` ``\\;`` ``\\:``
+  ``\\ `` ``~``) and optional math delimiters closing the box before it and
+  opening the box after it (``$`` ``$$`` ``\\(`` ``\\)`` ``\\[`` ``\\]``), at
+  most 80 characters. So ``$\\boxed{3}$ or $\\boxed{-3}$`` and
+  ``\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}`` are two-part
+  answers, while ``\\boxed{1}. Then we get \\boxed{2}`` is just ``2`` and so is
+  ``\\boxed{1} \\boxed{2}`` (no separator). Empty boxes end the list and
+  consecutive identical boxes count once. The parts are returned as one string
+  joined by `MULTI_BOX_SEP` (``"\\x1f"``, a control character that LaTeX never
+  contains and that travels to the workers unchanged; a ``\\x1f`` inside a box
+  is replaced by a space). One box gives the same string as without the option.
+  Deviations from math-verify, which is looser: it also joins boxes separated by
+  any text shorter than 10 characters (``\\boxed{1}. So \\boxed{2}``) or by any
+  text shorter than 70 characters containing ``and``/``or``/``,``/``;``
+  (``\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}``), without
+  a limit on their number (`latex2sympy2_extended`'s ``extract_boxed_content``,
+  used for boxes outside ``$..$``), and it accepts other text inside the
+  delimiters around a box (``\\( y_2 = \\boxed{..} \\)``); srft reads such
+  text as prose and keeps the last box only.
 - Multiple choice (a ground truth that is a single capital letter A-J,
   optionally in parentheses, see `is_choice_letter`): the boxed content, or when
   there is no box a final "answer is (X)" / "Answer: X" in the last 500
@@ -29,8 +58,10 @@ Extraction rules (`extract_answer`)
   the letter; the comparison is case-insensitive for the single letter only.
   Choice answers are compared in pure Python (no worker needed).
 - All extraction is linear in the completion length (one regex scan for box
-  openings, one scan for the braces of the last one), so 100 KB of ``{`` is
-  handled in milliseconds.
+  openings, one scan for the braces of the last one; with the multi-box option
+  each earlier box is scanned only up to the next box's opening, so the scans
+  cover disjoint ranges, and a gap is checked only when at most 80 characters
+  long), so 100 KB of ``{`` is handled in milliseconds.
 
 Verification (`verify_one`)
 ---------------------------
@@ -44,6 +75,20 @@ decides (numeric, symbolic, set/interval, equation ``x=3`` vs ``3``, percent
 ``50\\%`` vs ``0.5`` and vs ``50`` ...). Parses are cached per process
 (LRU), so the G completions of one prompt parse their gold once.
 `verify_one` never raises: any exception scores 0.0.
+
+A multi-box prediction is read as math-verify's ``extract_latex`` reads
+several boxes: each part is parsed as above and the first sympy object of each
+is put in one ``FiniteSet`` (FiniteSets are flattened, so ``\\boxed{1, 2}`` and
+``\\boxed{3}`` give {1, 2, 3}), compared with the ground truth as usual (gold
+``1, 2, 3`` or ``\\pm 3`` parse as sets too). When some part has no sympy
+reading, the prediction is the plain string of the parts joined by commas, which
+can only match the ground truth's string form exactly: that is math-verify's
+last resort for bare boxes (it joins them with commas and, when the LaTeX does
+not parse, compares strings). The joined string is not parsed again (srft's
+expression fallback would read ``1,?`` as 1), and math-verify's ``$..$``-wrapped
+path, which keeps only the FIRST part when a later one fails, is not followed
+either: both would reward an incomplete answer. Against a choice-letter ground truth only the last part
+counts (the last-box rule).
 
 Time-limit design
 -----------------
@@ -100,6 +145,14 @@ Deviations / choices worth knowing
   digit string like ``2e-1`` is therefore read as 0.2, never as 2e - 1.
 - A single capital letter A-J as ground truth is always treated as a choice
   letter, never as a symbol.
+- The multi-box option (off by default; `math_reward_multi_box`) joins fewer
+  boxes than math-verify (a separator is required, prose between boxes ends the
+  list, 6 boxes at most) and, when one part does not parse, grades the plain
+  comma-joined string instead of math-verify's first part or expression
+  fallback; see "Extraction rules" and "Verification". On the 60 cases of
+  math-verify's ``test_numina_cases`` / ``test_open_thoughts``
+  (``scripts/mathverify_agreement.py``) it agrees on 57 (last-box rule: 48),
+  with no false positive either way.
 - ``SRFT_MATH_WORKERS`` / ``SRFT_MATH_TIMEOUT`` override the defaults (2
   workers, 5 s) of the module-level verifier used by `math_reward`.
 - Test hook: when ``SRFT_TEST_CRASH_HOOK=1`` is in the worker's environment,
@@ -134,6 +187,9 @@ __all__ = [
     "verify_one",
     "MathVerifier",
     "math_reward",
+    "math_reward_multi_box",
+    "make_math_reward",
+    "MULTI_BOX_SEP",
     "get_verifier",
     "last_stats",
 ]
@@ -152,36 +208,87 @@ _THINK_END = "</think>"
 _BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_RE = re.compile(r"\\.|[{}]", re.S)
 
+# multi-box answers (`extract_answer(..., multi_box=True)`): the parts are joined by a
+# control character that LaTeX answers never contain (it is pickled unchanged to workers)
+MULTI_BOX_SEP = "\x1f"
+MULTI_BOX_MAX = 6  # math-verify: a first box and up to 5 more
+MULTI_BOX_MAX_GAP = 80  # characters between two boxes of one answer, at most
+# spacing between boxes: whitespace, \quad, \qquad, \, \; \: \<space>, ~
+_GAP_SPACE_RE = re.compile(r"(?:\s|\\q?quad(?![A-Za-z])|\\[,;: ]|~)+")
+# after spacing is collapsed to one space: [closing delimiter] separator [opening delimiter]
+_BOX_GAP_RE = re.compile(
+    r" ?(?:\$\$?|\\[)\]])? ?"
+    r"(?:[,;]|(?:, ?)?(?:and|or|\\(?:text|textrm|mathrm|mbox) ?\{ ?(?:and|or) ?\}))"
+    r" ?(?:\$\$?|\\[(\[])? ?"
+)
+
 
 def _after_think(text: str) -> str:
     i = text.rfind(_THINK_END)
     return text if i < 0 else text[i + len(_THINK_END):]
 
 
-def extract_answer(completion: str) -> str | None:
-    """Content of the last ``\\boxed{}``/``\\fbox{}`` after the last ``</think>``.
-
-    None when there is no box or the last box is not closed. Linear time.
-    """
-    if not isinstance(completion, str):
-        return None
-    text = _after_think(completion)
-    last = None
-    for last in _BOX_OPEN_RE.finditer(text):
-        pass
-    if last is None:
-        return None
-    start = last.end()
+def _box_end(text: str, start: int, end: int) -> int | None:
+    """Index of the brace closing a box whose content starts at `start`, searching text[start:end]."""
     depth = 1
-    for m in _BRACE_RE.finditer(text, start):
+    for m in _BRACE_RE.finditer(text, start, end):
         tok = m.group()
         if tok == "{":
             depth += 1
         elif tok == "}":
             depth -= 1
             if depth == 0:
-                return text[start:m.start()].strip()
+                return m.start()
     return None  # unbalanced
+
+
+def _is_box_gap(gap: str) -> bool:
+    """True when the text between two boxes is only a list separator (see "Extraction rules")."""
+    if len(gap) > MULTI_BOX_MAX_GAP:
+        return False
+    return _BOX_GAP_RE.fullmatch(_GAP_SPACE_RE.sub(" ", gap)) is not None
+
+
+def extract_answer(completion: str, multi_box: bool = False) -> str | None:
+    """Content of the last ``\\boxed{}``/``\\fbox{}`` after the last ``</think>``.
+
+    None when there is no box or the last box is not closed. With `multi_box`,
+    the closed boxes immediately before it that are separated only by a list
+    separator (``,`` ``;`` ``and`` ``or`` ..., see the module docstring) are
+    taken too, at most `MULTI_BOX_MAX` boxes, and returned in order joined by
+    `MULTI_BOX_SEP`. Linear time.
+    """
+    if not isinstance(completion, str):
+        return None
+    text = _after_think(completion)
+    opens: deque[re.Match] = deque(maxlen=MULTI_BOX_MAX)
+    for m in _BOX_OPEN_RE.finditer(text):
+        opens.append(m)
+    if not opens:
+        return None
+    last = opens.pop()
+    close = _box_end(text, last.end(), len(text))
+    if close is None:
+        return None
+    answer = text[last.end():close].strip().replace(MULTI_BOX_SEP, " ")
+    if not multi_box or not answer:
+        return answer
+    parts = [answer]
+    nxt = last.start()  # start of the box after the candidate
+    while opens and len(parts) < MULTI_BOX_MAX:
+        o = opens.pop()
+        # the candidate must close before the next box starts: each scan covers
+        # text[o.end():nxt], and these ranges do not overlap, so the walk stays linear
+        close = _box_end(text, o.end(), nxt)
+        if close is None or not _is_box_gap(text[close + 1:nxt]):
+            break
+        part = text[o.end():close].strip().replace(MULTI_BOX_SEP, " ")
+        if not part:
+            break
+        if part != parts[-1]:  # consecutive duplicates collapse, as in math-verify
+            parts.append(part)
+        nxt = o.start()
+    return MULTI_BOX_SEP.join(reversed(parts))
 
 
 _CHOICE_GOLD_RE = re.compile(r"\s*(?:\(\s*([A-J])\s*\)|([A-J]))\s*")
@@ -225,6 +332,7 @@ def _normalise_choice(pred: str) -> str | None:
 
 
 def _choice_score(pred: str, gold: str) -> float:
+    pred = pred.rsplit(MULTI_BOX_SEP, 1)[-1]  # choice answers keep the last-box rule
     return 1.0 if _normalise_choice(pred) == _gold_letter(gold) else 0.0
 
 
@@ -239,11 +347,14 @@ def extract_choice(completion: str) -> str | None:
     return letter
 
 
-def extract_prediction(completion: Any, gold: Any) -> str | None:
-    """The prediction to grade: the last box, or for a choice gold the "answer is (X)" fallback."""
+def extract_prediction(completion: Any, gold: Any, multi_box: bool = False) -> str | None:
+    """The prediction to grade: the last box (with `multi_box`, the boxes of a list
+    ending with it, see `extract_answer`), or for a choice gold the "answer is (X)"
+    fallback. Choice golds always use the last box alone."""
     text = _completion_text(completion)
-    pred = extract_answer(text)
-    if pred is None and is_choice_letter(gold):
+    choice = is_choice_letter(gold)
+    pred = extract_answer(text, multi_box=multi_box and not choice)
+    if pred is None and choice:
         pred = extract_choice(text)
     return pred
 
@@ -322,10 +433,35 @@ def _parse_answer(s: str, op_timeout: int | None) -> tuple:
     return out
 
 
+def _parse_multi(parts: list[str], op_timeout: int | None) -> tuple:
+    """Parsed forms of a multi-box prediction, as math-verify builds them (`extract_latex`):
+    a FiniteSet of the first sympy object of each part (FiniteSets flattened), and the
+    parts joined by commas. When a part has no sympy object (or the set cannot be
+    built), only the plain comma-joined string is returned: `math_verify.verify`
+    then matches it by string equality alone, which is math-verify's own last resort
+    for boxes whose joined content does not parse. It is not parsed again: the
+    expression fallback would read ``1,?`` as 1 and reward an incomplete answer."""
+    from sympy import Basic, FiniteSet, MatrixBase
+
+    joined = ",".join(parts)
+    elements: list = []
+    for part in parts:
+        obj = next((r for r in _parse_answer(part, op_timeout) if isinstance(r, (Basic, MatrixBase))), None)
+        if obj is None:
+            return (joined,)
+        elements.extend(obj.args if isinstance(obj, FiniteSet) else [obj])
+    try:
+        return (FiniteSet(*elements), joined)
+    except Exception:  # e.g. an unhashable (mutable) matrix
+        return (joined,)
+
+
 def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5) -> float:
     """1.0 when the extracted prediction equals the ground truth, else 0.0. Never raises.
 
-    `pred` is the extracted answer (box content), not the whole completion.
+    `pred` is the extracted answer (box content), not the whole completion; a
+    multi-box answer (parts joined by `MULTI_BOX_SEP`) is read as the set of its
+    parts (`_parse_multi`), except against a choice-letter gold (last part only).
     `op_timeout`: math_verify's per-operation alarm in whole seconds (main thread
     only; it cannot stop a hang inside C code, `MathVerifier` can).
     """
@@ -333,7 +469,7 @@ def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5
         if pred is None or gold is None:
             return 0.0
         pred, gold = str(pred), str(gold)
-        if not pred.strip() or not gold.strip():
+        if not pred.replace(MULTI_BOX_SEP, "").strip() or not gold.strip():
             return 0.0
         if is_choice_letter(gold):
             return _choice_score(pred, gold)
@@ -344,7 +480,8 @@ def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5
         g = _parse_answer(gold, op_timeout)
         if not g:
             return 0.0
-        p = _parse_answer(pred, op_timeout)
+        parts = [q for q in pred.split(MULTI_BOX_SEP) if q.strip()]
+        p = _parse_multi(parts, op_timeout) if len(parts) > 1 else _parse_answer(parts[0], op_timeout)
         if not p:
             return 0.0
         return 1.0 if verify(list(g), list(p), timeout_seconds=op_timeout) else 0.0
@@ -500,7 +637,8 @@ class _Worker:
 class MathVerifier:
     """Pool of worker processes running `verify_one` with a hard per-answer time limit.
 
-    `score(preds, golds)` takes extracted predictions (None = no answer) and
+    `score(preds, golds)` takes extracted predictions (None = no answer; a
+    multi-box answer is one string, its parts joined by `MULTI_BOX_SEP`) and
     returns floats in {0.0, 1.0}. The pool starts on first use; `close()` (or
     the context manager) stops it. `stats` holds cumulative counters,
     `last_stats` those of the last `score` call.
@@ -713,13 +851,8 @@ def last_stats() -> dict[str, int]:
     return dict(_LAST_STATS)
 
 
-def math_reward(prompts: Iterable[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
-                **columns: Any) -> list[float]:
-    """TRL-style reward: 1.0 when the final boxed answer matches the ground truth, else 0.0.
-
-    The ground truth comes from the `answer` column, else `ground_truth`, else a
-    verl-style `reward_model` column of ``{"ground_truth": ...}`` dicts.
-    """
+def _math_reward(completions: Sequence[Any], answer: Sequence[Any] | None, columns: dict,
+                 multi_box: bool) -> list[float]:
     global _LAST_STATS
     golds = answer
     if golds is None:
@@ -731,8 +864,38 @@ def math_reward(prompts: Iterable[Any], completions: Sequence[Any], answer: Sequ
     golds = ["" if g is None else str(g) for g in golds]
     if len(golds) != len(completions):
         raise ValueError(f"{len(completions)} completions for {len(golds)} ground truths")
-    preds = [extract_prediction(c, g) for c, g in zip(completions, golds)]
+    preds = [extract_prediction(c, g, multi_box=multi_box) for c, g in zip(completions, golds)]
     verifier = get_verifier()
     scores = verifier.score(preds, golds)
     _LAST_STATS = dict(verifier.last_stats)
     return scores
+
+
+def math_reward(prompts: Iterable[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                **columns: Any) -> list[float]:
+    """TRL-style reward: 1.0 when the final boxed answer matches the ground truth, else 0.0.
+
+    The ground truth comes from the `answer` column, else `ground_truth`, else a
+    verl-style `reward_model` column of ``{"ground_truth": ...}`` dicts.
+    """
+    return _math_reward(completions, answer, columns, multi_box=False)
+
+
+def math_reward_multi_box(prompts: Iterable[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                          **columns: Any) -> list[float]:
+    """`math_reward` with multi-box answers: ``\\boxed{1}, \\boxed{2}`` is read as the set {1, 2}.
+
+    See "Extraction rules" in the module docstring. Import path
+    ``srft.math_reward:math_reward_multi_box``.
+    """
+    return _math_reward(completions, answer, columns, multi_box=True)
+
+
+def make_math_reward(multi_box: bool = False):
+    """The reward callable for a setting: `math_reward_multi_box` or `math_reward`.
+
+    Returns the module-level functions themselves (their ``__name__``, which TRL
+    logs, and their import path stay stable); the option is not a keyword of the
+    callables because a reward's keywords are dataset columns.
+    """
+    return math_reward_multi_box if multi_box else math_reward

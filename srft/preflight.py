@@ -13,7 +13,7 @@ What is checked (the rows of docs/reliability.md "Early validation"):
 - `train.report_to`: the tracker's package is installed (tensorboard or tensorboardX; wandb);
 - `model.name_or_path`: a local-looking path exists and is a model folder with safetensors
   weights (hub ids are looked up when the model loads);
-- `eval.benchmark`: the file exists and is a parquet file;
+- `eval.benchmark`: the files exist and have a benchmark file's suffix; `eval.protocol` has files;
 - `train.push_to_hub`: `huggingface_hub` is importable.
 
 srft has no device field: accelerate places the run (CUDA when visible, else the CPU), so there
@@ -52,14 +52,24 @@ def check_model_path(name_or_path: str, allow_pickle: bool) -> None:
         raise ValueError("model.name_or_path: " + (msg[len("model: "):] if msg.startswith("model: ") else msg)) from None
 
 
-def check_benchmark(path) -> None:
-    if path is None:
-        return
-    p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise ValueError(f"eval.benchmark: no such file {p}")
-    if p.suffix.lower() not in (".parquet", ".pq"):
-        raise ValueError(f"eval.benchmark: expected a verl-layout .parquet file, got {p.name}")
+def benchmark_files(value) -> list[str]:
+    """eval.benchmark as a list of paths (a comma-separated string, or a list in Python)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
+def check_benchmark(value, protocol: str = "none") -> None:
+    for path in benchmark_files(value):
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValueError(f"eval.benchmark: no such file {p}")
+        if p.suffix.lower() not in (".parquet", ".pq", ".csv", ".jsonl", ".json"):
+            raise ValueError(f"eval.benchmark: expected a .parquet (verl or MMLU-Pro layout), .csv (GPQA) or .jsonl "
+                             f"file, got {p.name}")
+    if protocol != "none" and not benchmark_files(value):
+        raise ValueError(f"eval.protocol: {protocol!r} evaluates benchmark files; set eval.benchmark too")
 
 
 def preflight(cfg: Config, model_given: bool = False) -> list:
@@ -75,7 +85,7 @@ def preflight(cfg: Config, model_given: bool = False) -> list:
     check_trackers(cfg.train.report_to)
     if not model_given:
         check_model_path(cfg.model.name_or_path, cfg.model.allow_pickle)
-    check_benchmark(cfg.eval.benchmark)
+    check_benchmark(cfg.eval.benchmark, cfg.eval.protocol)
     if cfg.train.push_to_hub and importlib.util.find_spec("huggingface_hub") is None:
         raise ValueError("train.push_to_hub: needs the huggingface_hub package (pip install huggingface_hub)")
     return rewards

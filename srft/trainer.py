@@ -51,7 +51,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -209,6 +209,7 @@ class Trainer:
                                          n_demos=cfg.rollout.n_demos, need_answer=self.need_answer)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.eval_settings: dict[str, dict] = {}
         self.eval_sets = self._eval_sets()
         o = cfg.optim
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
@@ -358,12 +359,25 @@ class Trainer:
                 "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
             sets["eval"] = (rows[: e.limit] if e.limit else rows, self.reward_fn)
         if e.benchmark is not None:
-            from srft.benchmarks import load_benchmark
-            from srft.rewards import get_reward_fn
+            from srft.benchmarks import by_source, load_problems, math_reward_fn
+            from srft.preflight import benchmark_files
 
-            math_fn = get_reward_fn("math")
-            for p in load_benchmark(e.benchmark, e.limit):
-                sets.setdefault(p["source"], ([], math_fn))[0].append({"prompt": p["prompt"], "answer": p["answer"]})
+            if e.protocol != "none":
+                from srft.protocol import get_protocol, load_protocol_sets
+
+                proto = get_protocol(e.protocol)
+                rows_by, _ = load_protocol_sets(benchmark_files(e.benchmark), proto, e.limit, self.cfg.train.seed)
+                reward = math_reward_fn(proto.multi_box)
+                for s, rows in rows_by.items():
+                    sets[s] = (rows, reward)
+                    self.eval_settings[s] = {"k": proto.k_for(s), "temperature": proto.temperature,
+                                             "top_p": proto.top_p}
+            else:
+                math_fn = math_reward_fn(False)
+                for f in benchmark_files(e.benchmark):
+                    for s, ps in by_source(load_problems(f, e.limit, seed=self.cfg.train.seed)).items():
+                        sets.setdefault(s, ([], math_fn))[0].extend({"prompt": p["prompt"], "answer": p["answer"]}
+                                                                    for p in ps)
         if not sets and self.cfg.data.dataset == "testbed":
             from srft.evaluation import testbed_eval_sets
 
@@ -653,7 +667,8 @@ class Trainer:
         self.engine.sync_weights(self.unwrapped)
         out = {}
         for name, (rows, reward) in self.eval_sets.items():
-            out.update(evaluate(self.unwrapped, self.tokenizer, {name: rows}, reward, self.cfg.eval,
+            cfg = replace(self.cfg.eval, **self.eval_settings.get(name, {}))  # a protocol's per-source k
+            out.update(evaluate(self.unwrapped, self.tokenizer, {name: rows}, reward, cfg,
                                 engine=self.engine, seed=self.cfg.train.seed, dist=self.dist,
                                 system_prompt=self.cfg.data.system_prompt, chat=self.cfg.data.chat_template,
                                 state=RewardState(global_step=self.step, max_steps=self.cfg.train.max_steps)))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,26 @@ def test_periodic_evaluation_on_a_benchmark_file(tiny_model_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("eval/add/accuracy" in r and "eval/choice/accuracy" in r for r in rows)
     assert (tmp_path / "run" / "plots" / "accuracy.png").exists()
+
+
+def test_periodic_evaluation_on_the_papers_protocol(tiny_model_dir, tmp_path):
+    """eval.protocol srft-fast over two benchmark files: its k per source (avg@4 on AIME), its
+    temperature, options shuffled; the token budget stays eval.max_new_tokens."""
+    from srft import SRFTTrainer
+    from tests.conftest import tiny_rows
+    from tests.test_protocol import bench_files
+
+    files = bench_files(tmp_path)
+    cfg = _tiny(tmp_path, max_steps=1, eval_every=1)
+    cfg.eval.benchmark, cfg.eval.protocol = ",".join(str(f) for f in files[:2]), "srft-fast"
+    out = SRFTTrainer(model=str(tiny_model_dir), args=cfg, train_dataset=tiny_rows(), reward_funcs="testbed").train()
+    assert set(out["after"]) == {"aime", "math", "arc_c"}
+    assert (out["after"]["aime"]["k"], out["after"]["math"]["k"], out["after"]["arc_c"]["k"]) == (4, 1, 1)
+    assert all(r["mean_length"] <= 6 for r in out["after"].values())
+    cfg.eval.benchmark, cfg.train.output_dir = None, str(tmp_path / "run2")
+    with pytest.raises(ValueError, match="eval.protocol: 'srft-fast' evaluates benchmark files"):
+        SRFTTrainer(model=str(tiny_model_dir), args=cfg, train_dataset=tiny_rows(), reward_funcs="testbed").train()
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
 def test_push_to_hub_after_training(tiny_model_dir, tmp_path, monkeypatch):

@@ -387,16 +387,21 @@ _TOKENS = ["\\boxed{", "\\fbox{", "{", "}", "\\", "</think>", "1", "2", "x", "\\
 )
 def test_fuzz_extract_and_score(pool, texts, golds):
     golds = golds[: len(texts)]
-    preds = []
+    preds, multi = [], []
     for t, g in zip(texts, golds):
         p = extract_prediction(t, g)
         assert p is None or isinstance(p, str)
         if p is not None and not is_choice_letter(g):
-            assert p in t
+            assert p in t.replace(mr.MULTI_BOX_SEP, " ")  # a separator character in a box becomes a space
         preds.append(p)
-    scores = pool.score(preds, golds)
-    assert len(scores) == len(texts)
-    assert pool.last_stats["total"] == len(texts) and pool.last_stats["crashes"] == 0
+        # multi-box: an answer exactly when the last-box rule gives one, ending with that box
+        pm = extract_prediction(t, g, multi_box=True)
+        assert (pm is None) == (p is None)
+        assert pm is None or pm.split(mr.MULTI_BOX_SEP)[-1] == p
+        multi.append(pm)
+    scores = pool.score(preds + multi, golds + golds)
+    assert len(scores) == 2 * len(texts)
+    assert pool.last_stats["total"] == 2 * len(texts) and pool.last_stats["crashes"] == 0
     assert all(isinstance(s, float) and s in (0.0, 1.0) for s in scores)
 
 
@@ -433,3 +438,153 @@ def test_math_reward_by_import_path():
     fn = get_reward_fn("srft.math_reward:math_reward")
     rewards, n_none = score_completions(fn, ["p", "p"], ["\\boxed{204}", "\\boxed{205}"], {"answer": ["204", "204"]})
     assert rewards == [1.0, 0.0] and n_none == 0
+
+
+# --------------------------------------------------------------------------- multi-box option
+
+SEP = mr.MULTI_BOX_SEP
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("\\boxed{(2, 2)} and \\boxed{(6, 2)}", ["(2, 2)", "(6, 2)"]),
+        ("\\boxed{1}, \\boxed{2}", ["1", "2"]),
+        ("\\boxed{1},\\boxed{2} , and \\boxed{3}", ["1", "2", "3"]),
+        ("\\boxed{1} ,or \\boxed{2}; \\boxed{3}", ["1", "2", "3"]),
+        ("$\\boxed{3}$ or $\\boxed{-3}$", ["3", "-3"]),
+        ("\\(\\boxed{1}\\) and \\(\\boxed{2}\\).", ["1", "2"]),
+        ("\\[\\boxed{1}\\] and \\[\\boxed{2}\\]", ["1", "2"]),
+        ("$$\\boxed{1}$$ or $$\\boxed{2}$$", ["1", "2"]),
+        ("$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", ["(2, 2)", "(6, 2)"]),
+        ("the roots are \\boxed{1}\n and\n \\boxed{2}.", ["1", "2"]),
+        # 7 boxes in a list: the last 6 are kept
+        (", ".join(f"\\boxed{{{i}}}" for i in range(1, 8)), ["2", "3", "4", "5", "6", "7"]),
+        # prose, no separator, or a long gap between boxes: only the last box
+        ("\\boxed{1}. Then we get \\boxed{2}", ["2"]),
+        ("\\boxed{1} \\boxed{2}", ["2"]),
+        ("\\boxed{1} andy \\boxed{2}", ["2"]),
+        ("\\boxed{1} for part (a) and \\boxed{2}", ["2"]),
+        ("\\boxed{1}" + " " * 100 + "and \\boxed{2}", ["2"]),
+        ("$y_1 = \\boxed{1}$ and $y_2 = \\boxed{2}$", ["2"]),
+        # the list stops at prose, an empty box, an enclosing box
+        ("\\boxed{0}. So \\boxed{1} and \\boxed{2}", ["1", "2"]),
+        ("\\boxed{0}, \\boxed{} and \\boxed{2}", ["2"]),
+        ("\\boxed{\\boxed{1}} and \\boxed{2}", ["2"]),
+        ("\\boxed{2} and \\boxed{2}", ["2"]),  # consecutive duplicates count once
+        ("\\boxed{1} and \\boxed{2", None),  # the last box is not closed: no answer
+        ("\\boxed{1} and </think> \\boxed{2}", ["2"]),  # boxes before </think> are ignored
+        ("\\boxed{1} and \\boxed{2} </think> no box", None),
+        ("<think>\\boxed{0}, </think>\\boxed{1}, \\boxed{2}", ["1", "2"]),
+        ("no box", None),
+    ],
+)
+def test_extract_answer_multi_box(completion, expected):
+    got = extract_answer(completion, multi_box=True)
+    assert got == (None if expected is None else SEP.join(expected))
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "so \\boxed{1} ... </think> final \\boxed{2}",
+        "first \\boxed{1}, then \\boxed{2}, finally \\boxed{3}.",
+        "$\\boxed{\\frac{1}{2}}$",
+        "\\boxed{\\{1,2\\}}",
+        "\\boxed {  x^{2}+1 }",
+        "\\boxed{\\boxed{4}}",
+        "\\boxed{1} then \\boxed{2",
+        "\\boxed{}",
+        "the answer is 12",
+    ],
+)
+def test_multi_box_single_box_unchanged(completion):
+    assert extract_answer(completion, multi_box=True) == extract_answer(completion)
+    assert extract_prediction(completion, "1", multi_box=True) == extract_prediction(completion, "1")
+
+
+@pytest.mark.parametrize(
+    "completion, gold, with_option, without",
+    [
+        ("\\boxed{(2, 2)} and \\boxed{(6, 2)}", "(2, 2), (6, 2)", 1.0, 0.0),
+        ("\\boxed{1}, \\boxed{2}", "1, 2", 1.0, 0.0),
+        # math-verify 0.9.0 also reads both as {-3, 3}
+        ("$\\boxed{3}$ or $\\boxed{-3}$", "\\pm 3", 1.0, 0.0),
+        ("\\boxed{1, 2} and \\boxed{3}", "1, 2, 3", 1.0, 0.0),  # FiniteSets are flattened
+        ("\\boxed{x = 1} or \\boxed{x = 2}", "1, 2", 1.0, 0.0),
+        ("\\boxed{1} and \\boxed{2}", "\\{1,2\\}", 1.0, 0.0),
+        ("\\boxed{2} and \\boxed{1}", "2", 0.0, 0.0),  # an extra answer is wrong
+        ("\\boxed{1}. Then we get \\boxed{2}", "2", 1.0, 1.0),  # prose: the last box alone
+        ("\\boxed{1}. Then we get \\boxed{2}", "1, 2", 0.0, 0.0),
+        ("\\boxed{2} and \\boxed{2}", "2", 1.0, 1.0),
+        ("\\boxed{A} and \\boxed{B}", "B", 1.0, 1.0),  # choice golds keep the last-box rule
+        ("\\boxed{B} and \\boxed{A}", "B", 0.0, 0.0),
+    ],
+)
+def test_multi_box_scores(completion, gold, with_option, without):
+    pred = extract_prediction(completion, gold, multi_box=True)
+    assert verify_one(pred, gold) == with_option
+    assert verify_one(extract_prediction(completion, gold), gold) == without
+
+
+def test_multi_box_unparseable_part_uses_the_joined_string():
+    # a part without a sympy reading ("?", "\cdots"): the plain comma-joined string only
+    assert mr._parse_multi(["1", "?"], None) == ("1,?",)
+    assert mr._parse_multi(["1", "\\cdots", "3"], None) == ("1,\\cdots,3",)
+    for bad in ("?", "\\cdots", "\\frac{"):
+        assert verify_one(SEP.join(["1", bad]), "1") == 0.0  # never the first part alone
+        assert verify_one(SEP.join([bad, "1"]), "1") == 0.0
+    assert verify_one(SEP.join(["1", "?"]), "1,?") == 1.0  # string equality still matches
+    assert verify_one(SEP, "1") == 0.0
+
+
+def test_multi_box_through_the_pool(pool):
+    preds = [SEP.join(["(2, 2)", "(6, 2)"]), SEP.join(["1", "2"]), SEP.join(["1", "2"]), SEP.join(["A", "C"])]
+    golds = ["(2, 2), (6, 2)", "1, 2", "2", "C"]
+    assert pool.score(preds, golds) == [1.0, 1.0, 0.0, 1.0]
+    assert pool.last_stats["crashes"] == 0 and pool.last_stats["no_answer"] == 0
+
+
+def test_math_reward_multi_box_callable():
+    completions = [
+        "<think> \\boxed{9} </think> so \\boxed{(2, 2)} and \\boxed{(6, 2)}",
+        "</think> $\\boxed{1}$, $\\boxed{2}$",
+        "</think> first \\boxed{1}. Then \\boxed{2}",
+        "</think> \\boxed{A} or \\boxed{C}",
+        [{"role": "assistant", "content": "</think> \\boxed{3}"}],
+    ]
+    answers = ["(2, 2), (6, 2)", "1, 2", "1, 2", "C", "3"]
+    prompts = ["p"] * len(completions)
+    assert mr.math_reward_multi_box(prompts, completions, answer=answers) == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert math_reward(prompts, completions, answer=answers) == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert mr.math_reward_multi_box(prompts[:1], completions[:1], reward_model=[{"ground_truth": answers[0]}]) == [1.0]
+    assert mr.make_math_reward(True) is mr.math_reward_multi_box and mr.make_math_reward() is math_reward
+    from srft.rewards import get_reward_fn
+
+    assert get_reward_fn("srft.math_reward:math_reward_multi_box") is mr.math_reward_multi_box
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{" * 100_000,
+        "\\boxed{" + "{" * 100_000,
+        "\\boxed{" * 20_000,
+        "}" * 100_000 + "\\boxed{1",
+        "\\boxed{1}, " * 20_000,  # a very long list: only the last 6 boxes are looked at
+        "\\boxed{1}" + " ," * 50_000 + "\\boxed{2}",  # a long gap is not scanned by the separator regex
+        ("\\boxed{" + "{" * 20_000 + "} and ") * 5 + "\\boxed{1}",  # deep earlier boxes, each scanned once
+        "\\boxed{1} and " + "\\boxed{" * 30_000 + "\\boxed{2}",
+    ],
+)
+def test_extract_answer_multi_box_linear(text):
+    t0 = time.perf_counter()
+    extract_answer(text, multi_box=True)
+    extract_answer("</think>" + text, multi_box=True)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_separator_character_inside_a_box_is_a_space():
+    for multi in (False, True):
+        assert extract_answer("\\boxed{1\x1f2}", multi_box=multi) == "1 2"
+        assert extract_answer("\\boxed{\x1f}, \\boxed{3}", multi_box=multi) == "3"

@@ -240,3 +240,21 @@ def test_fsdp2_on_two_cpu_processes(tiny_model_dir, tiny_jsonl, tmp_path):
     wr = load_file(out / "final" / "model.safetensors")
     differ = [k for k in wb if not torch.equal(wb[k], wr[k])]
     assert not differ, f"tensors that differ from the uninterrupted FSDP2 run: {differ}"
+
+
+def test_protocol_evaluation_on_two_processes_equals_one(tiny_model_dir, tmp_path):
+    """`srft eval --protocol` under torchrun: problems sharded over 2 ranks (3 and 2 of 5, padded),
+    the same per-source numbers as one process (per-sample seeds), one table written by rank 0."""
+    from tests.test_protocol import bench_files
+
+    files = [str(f) for f in bench_files(tmp_path)]
+    base = ["eval", "--model", str(tiny_model_dir), "--protocol", "srft", "--benchmark", *files, "--k", "3",
+            "--max-new-tokens", "6", "--temperature", "1.0"]
+    run(1, [*base, "--output-dir", str(tmp_path / "one")])
+    r = run(2, [*base, "--output-dir", str(tmp_path / "two")])
+    assert r.stdout.count("**ID average**") == 1  # printed by rank 0 only
+    a, b = (json.loads((tmp_path / d / "protocol.json").read_text()) for d in ("one", "two"))
+    assert b["world_size"] == 2 and a["world_size"] == 1
+    for s, res in a["sources"].items():
+        for key in ("accuracy", "pass@3", "n", "k", "mean_length", "truncated"):
+            assert b["sources"][s][key] == pytest.approx(res[key]), (s, key)

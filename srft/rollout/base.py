@@ -66,6 +66,18 @@ class RolloutOutput:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    @classmethod
+    def concat(cls, parts: Sequence["RolloutOutput"], pad_token_id: int) -> "RolloutOutput":
+        """The outputs of several generate calls, in order, right-padded to the widest."""
+        width = max(p.response_ids.shape[1] for p in parts)
+
+        def cat(ts, value):
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts])
+
+        ent = None if any(p.entropy is None for p in parts) else cat([p.entropy for p in parts], 0.0)
+        return cls(cat([p.response_ids for p in parts], pad_token_id), cat([p.response_mask for p in parts], 0),
+                   cat([p.logprobs for p in parts], 0.0), torch.cat([p.finished for p in parts]), ent)
+
 
 Seeds = Union[int, Sequence[int], None]
 
