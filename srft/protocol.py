@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -326,9 +326,9 @@ def run_protocol_from_args(args, overrides: dict) -> int:
     model, tok, path = load_model_and_tokenizer(args.model, ModelConfig(trust_remote_code=args.trust_remote_code,
                                                                         dtype=args.dtype), log=log)
     model.to(acc.device).eval()
+    # vLLM: the model's own context length (max_position_embeddings) bounds prompt + response; a
+    # model with a shorter context than the protocol's budget is cut there (see docs/evaluation.md)
     rollout = RolloutConfig(engine=args.engine, batch_size=overrides.get("batch_size") or 64)
-    if args.engine == "vllm":
-        rollout = replace(rollout, vllm_max_model_len=overrides.get("max_new_tokens") or protocol.max_new_tokens + 2048)
     engine = make_engine(args.engine, model, tok, rollout)
     out_dir = Path(args.output_dir or Path("runs") / "protocol" / Path(str(path)).name)
     for s, n in facts["unshuffled"].items():

@@ -52,3 +52,28 @@ def test_testbed_check_base_rows_hold_on_a_fresh_build(tmp_path, fresh_cache):
     assert r.returncode == 0, r.stdout[-2500:] + r.stderr[-2000:]
     rows = {x["precondition"]: x["holds"] for x in json.loads((tmp_path / "check" / "check.json").read_text())["rows"]}
     assert rows["base_reasons"] and rows["demo_format_unseen"] and rows["ood_base_nonzero"]
+
+
+@pytest.mark.slow
+def test_papers_protocol_on_the_testbed_model(tmp_path, fresh_cache):
+    """`srft eval --protocol srft` on the testbed base model (the one built above) over the shared
+    math and ARC files when present, plus GPQA and MMLU-Pro files in their release layouts, with
+    tiny limits: every source evaluated, the paper-style table printed and written."""
+    from tests.conftest import SHARED_BENCHMARKS
+    from tests.test_protocol import bench_files, write_mmlu_pro
+
+    shared = [SHARED_BENCHMARKS / f for f in ("math_id.parquet", "arc_c.parquet")]
+    files = [f for f in shared if f.is_file()] or bench_files(tmp_path)[:2]
+    files += [bench_files(tmp_path)[2], write_mmlu_pro(tmp_path / "mmlu_pro.parquet")]
+    env = {**os.environ, "SRFT_CACHE": str(fresh_cache)}
+    r = subprocess.run([sys.executable, "-m", "srft.cli", "eval", "--model", "testbed", "--protocol", "srft",
+                        "--benchmark", *map(str, files), "--limit", "2", "--k", "2", "--max-new-tokens", "16",
+                        "--output-dir", str(tmp_path / "protocol")], env=env, capture_output=True, text=True,
+                       timeout=3600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((tmp_path / "protocol" / "protocol.json").read_text())
+    expected = {"gpqa_diamond", "mmlu_pro"} | ({"aime", "amc", "math", "minerva", "olympiad_bench", "arc_c"}
+                                              if all(f.is_file() for f in shared) else {"aime", "math", "arc_c"})
+    assert set(summary["sources"]) == expected
+    assert all(1 <= s["n"] <= 2 and s["k"] == 2 for s in summary["sources"].values())
+    assert "**OOD average**" in r.stdout and "SRFT (Qwen2.5-Math-7B) | 59.5 | 62.5" in r.stdout

@@ -135,3 +135,27 @@ def test_lora_weights_are_merged_into_the_sync(engine, vllm_model_dir, hf_model)
     with peft_model.disable_adapter():
         without = trainer_logprobs(peft_model, ids)
     assert (want - without).abs().max() > 0.01  # the adapters really change the model vLLM now holds
+
+
+def test_protocol_evaluation_through_vllm_equals_the_hf_engine(vllm_model_dir, tmp_path):
+    """`srft eval --protocol srft --engine vllm`: greedy, so both engines give the same answers and
+    the same per-source numbers."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_protocol import bench_files
+
+    files = [str(f) for f in bench_files(tmp_path)]
+    results = {}
+    for engine in ("hf", "vllm"):
+        r = subprocess.run([sys.executable, "-m", "srft.cli", "eval", "--model", str(vllm_model_dir), "--protocol",
+                            "srft", "--benchmark", *files, "--temperature", "0", "--max-new-tokens", "12",
+                            "--engine", engine, "--output-dir", str(tmp_path / engine)],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[engine] = json.loads((tmp_path / engine / "protocol.json").read_text())
+    assert results["vllm"]["engine"] == "vllm"
+    for s, res in results["hf"]["sources"].items():
+        for key in ("accuracy", "n", "k", "mean_length", "truncated"):
+            assert results["vllm"]["sources"][s][key] == pytest.approx(res[key]), (s, key)
