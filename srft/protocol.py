@@ -328,7 +328,9 @@ def run_protocol_from_args(args, overrides: dict) -> int:
     model.to(acc.device).eval()
     # vLLM: the model's own context length (max_position_embeddings) bounds prompt + response; a
     # model with a shorter context than the protocol's budget is cut there (see docs/evaluation.md)
-    rollout = RolloutConfig(engine=args.engine, batch_size=overrides.get("batch_size") or 64)
+    # sequences per generate call (and progress update): vLLM schedules its own batches, so it gets more
+    batch = overrides.get("batch_size") or (1024 if args.engine == "vllm" else 64)
+    rollout = RolloutConfig(engine=args.engine, batch_size=batch)
     engine = make_engine(args.engine, model, tok, rollout)
     out_dir = Path(args.output_dir or Path("runs") / "protocol" / Path(str(path)).name)
     for s, n in facts["unshuffled"].items():
@@ -337,7 +339,7 @@ def run_protocol_from_args(args, overrides: dict) -> int:
     summary = run_protocol(model, tok, sets, protocol, model_name=str(path), out_dir=out_dir, engine=engine, dist=dist,
                            seed=args.seed, limit=overrides.get("limit"), system_prompt=args.system_prompt,
                            overrides={k: overrides.get(k) for k in ("temperature", "top_p", "max_new_tokens", "k")},
-                           batch_size=overrides.get("batch_size") or 64, log=log)
+                           batch_size=batch, log=log)
     summary["files"], summary["unshuffled"] = facts["files"], facts["unshuffled"]
     summary["engine"], summary["world_size"] = args.engine, dist.world
     if dist.is_main:

@@ -366,7 +366,8 @@ class Trainer:
                 from srft.protocol import get_protocol, load_protocol_sets
 
                 proto = get_protocol(e.protocol)
-                rows_by, _ = load_protocol_sets(benchmark_files(e.benchmark), proto, e.limit, self.cfg.train.seed)
+                # options shuffled with seed 0 whatever the training seed: every run sees the same prompts
+                rows_by, _ = load_protocol_sets(benchmark_files(e.benchmark), proto, e.limit, seed=0)
                 reward = math_reward_fn(proto.multi_box)
                 for s, rows in rows_by.items():
                     sets[s] = (rows, reward)

@@ -255,3 +255,23 @@ def test_real_files_load_on_the_protocol():
 
     spread = collections.Counter(r["answer"] for r in sets["arc_c"])
     assert all(spread[x] > 200 for x in "ABCD")  # shuffled answers spread over the letters
+
+
+SMOL = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOL.is_dir(), reason=f"no SmolLM2-135M at {SMOL}: srft prepare-model smollm2-135m "
+                    "--output-dir models/smollm2-135m")
+def test_protocol_on_smollm2_over_a_few_problems_per_source(tmp_path):
+    """A real pretrained model with a chat template, every source of the protocol (the shared math
+    and ARC files when present, GPQA and MMLU-Pro in their release layouts), two problems each."""
+    files = [f for f in (MATH_ID, ARC) if f.is_file()] or bench_files(tmp_path)[:2]
+    files += [write_gpqa(tmp_path / "gpqa_diamond.csv", 2), write_mmlu_pro(tmp_path / "mmlu_pro.parquet")]
+    r = cli("eval", "--model", SMOL, "--protocol", "srft", "--benchmark", *files, "--limit", "2", "--k", "2",
+            "--max-new-tokens", "48", "--output-dir", tmp_path / "out", timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
+    assert {"gpqa_diamond", "mmlu_pro"} <= set(summary["sources"])
+    assert all(s["mean_length"] > 0 and s["k"] == 2 for s in summary["sources"].values())
+    assert summary["groups"]["ID"]["average"] is not None and summary["groups"]["OOD"]["average"] is not None
