@@ -122,7 +122,9 @@ def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict,
     return cfg
 
 
-IGNORED_FOR_REUSE = ("train.overwrite", "train.resume", "train.save_every", "train.save_total_limit")  # no effect on results
+# no effect on results; train.output_dir: a run folder copied or moved elsewhere is the same run
+IGNORED_FOR_REUSE = ("train.overwrite", "train.resume", "train.save_every", "train.save_total_limit",
+                     "train.output_dir")
 
 
 def is_done(cfg) -> bool:

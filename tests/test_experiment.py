@@ -55,6 +55,12 @@ def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
     assert "8 runs, 8 already done" in capsys.readouterr().out
+    # a copy of the folder elsewhere is the same grid: reused, not redone
+    import shutil
+
+    shutil.copytree(out, tmp_path / "copy")
+    assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "copy")]) == 0
+    assert "8 runs, 8 already done" in capsys.readouterr().out
     # ... but not with other settings: the grid would mix them
     assert main(["experiment", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out),
                  "--optim.lr", "0.5"]) == 2
