@@ -230,12 +230,6 @@ def by_source(problems: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def math_reward_fn(multi_box: bool = False):
-    from srft.math_reward import math_reward, math_reward_multi_box
-
-    return math_reward_multi_box if multi_box else math_reward
-
-
 def source_summary(res: dict) -> dict:
     """One source's evaluate() result in the benchmark's terms (avg@k, pass@k, n, ...)."""
     k = res["k"]
@@ -249,6 +243,7 @@ def evaluate_benchmark(model, tokenizer, problems: list[dict], k: int = 1, tempe
     engine given, else transformers; problems sharded over the ranks of `dist`)."""
     from srft.config import EvalConfig
     from srft.evaluation import evaluate
+    from srft.math_reward import make_math_reward
 
     k = 1 if not temperature else max(1, k)
     cfg = EvalConfig(temperature=temperature, top_p=top_p, k=k, max_new_tokens=max_new_tokens,
@@ -258,7 +253,7 @@ def evaluate_benchmark(model, tokenizer, problems: list[dict], k: int = 1, tempe
 
         engine = HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), batch_size)
     sets = {s: [{"prompt": p["prompt"], "answer": p["answer"]} for p in ps] for s, ps in by_source(problems).items()}
-    raw = evaluate(model, tokenizer, sets, math_reward_fn(multi_box), cfg, engine=engine, seed=seed, dist=dist,
+    raw = evaluate(model, tokenizer, sets, make_math_reward(multi_box), cfg, engine=engine, seed=seed, dist=dist,
                    progress=progress, details=True)
     per_problem = [dict(x, source=s, answer=row["answer"]) for s, r in raw.items()
                    for x, row in zip(r["per_problem"], sets[s])]

@@ -193,10 +193,10 @@ def run_protocol(model, tokenizer, sets: dict[str, list[dict]], protocol: Protoc
                  log: Callable[[str], None] = print) -> dict:
     """Evaluate every source with the protocol's settings (`overrides`: temperature, top_p,
     max_new_tokens, k for all sources); finished sources in `out_dir/sources` are kept."""
-    from srft.benchmarks import math_reward_fn
     from srft.config import EvalConfig
     from srft.distributed import Dist
     from srft.evaluation import evaluate
+    from srft.math_reward import make_math_reward
 
     dist = dist or Dist()
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -222,7 +222,7 @@ def run_protocol(model, tokenizer, sets: dict[str, list[dict]], protocol: Protoc
             f"up to {st.max_new_tokens} new tokens")
         cfg = EvalConfig(temperature=st.temperature, top_p=st.top_p, k=st.k, max_new_tokens=st.max_new_tokens,
                          batch_size=batch_size)
-        res = evaluate(model, tokenizer, {source: rows}, math_reward_fn(protocol.multi_box), cfg, engine=engine,
+        res = evaluate(model, tokenizer, {source: rows}, make_math_reward(protocol.multi_box), cfg, engine=engine,
                        seed=seed, dist=dist, progress=True)[source]
         res = {"group": group_of(source), "settings": asdict(st), **res}
         results[source] = res

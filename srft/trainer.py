@@ -359,7 +359,8 @@ class Trainer:
                 "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
             sets["eval"] = (rows[: e.limit] if e.limit else rows, self.reward_fn)
         if e.benchmark is not None:
-            from srft.benchmarks import by_source, load_problems, math_reward_fn
+            from srft.benchmarks import by_source, load_problems
+            from srft.math_reward import make_math_reward
             from srft.preflight import benchmark_files
 
             if e.protocol != "none":
@@ -368,13 +369,13 @@ class Trainer:
                 proto = get_protocol(e.protocol)
                 # options shuffled with seed 0 whatever the training seed: every run sees the same prompts
                 rows_by, _ = load_protocol_sets(benchmark_files(e.benchmark), proto, e.limit, seed=0)
-                reward = math_reward_fn(proto.multi_box)
+                reward = make_math_reward(proto.multi_box)
                 for s, rows in rows_by.items():
                     sets[s] = (rows, reward)
                     self.eval_settings[s] = {"k": proto.k_for(s), "temperature": proto.temperature,
                                              "top_p": proto.top_p}
             else:
-                math_fn = math_reward_fn(False)
+                math_fn = make_math_reward(False)
                 for f in benchmark_files(e.benchmark):
                     for s, ps in by_source(load_problems(f, e.limit, seed=self.cfg.train.seed)).items():
                         sets.setdefault(s, ([], math_fn))[0].extend({"prompt": p["prompt"], "answer": p["answer"]}
