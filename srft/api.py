@@ -23,9 +23,14 @@ config and runs the same `srft.trainer.Trainer`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any, Callable, Optional, Sequence, Union
 
-from srft.config import Config
+from srft.config import Config, apply_preset
+from srft.run_inputs import prepare_run
+from srft.stages import is_staged, run_stages
+from srft.trainer import Trainer
 
 SRFTConfig = Config
 
@@ -75,30 +80,24 @@ class SRFTTrainer:
         self.log = log
 
     def train(self) -> dict:
-        """Train; returns the run's summary (steps, final model folder, evaluation)."""
-        from srft.config import apply_preset
-        from srft.stages import is_staged, run_stages
-        from srft.trainer import Trainer
-
+        """Train; returns the run's summary (steps, final model folder, evaluation). The run's inputs
+        (config with its preset, rewards, data, evaluation sets) are checked and built before the
+        model loads (`srft.run_inputs.prepare_run`)."""
         cfg, _ = apply_preset(self.args)
         if is_staged(cfg):
             if self.model is not None:
                 raise ValueError(f"preset {cfg.train.preset!r} runs in stages, each loading the previous stage's "
                                  f"folder: give the model as a folder, not an object")
             return run_stages(cfg, log=self.log)
-        return Trainer(cfg, log=self.log, model=self.model, tokenizer=self.processing_class).train()
+        inputs = prepare_run(cfg, model_given=self.model is not None)
+        return Trainer(inputs.cfg, log=self.log, model=self.model, tokenizer=self.processing_class,
+                       inputs=inputs).train()
 
 
 def _copy_config(cfg: Config) -> Config:
     """A copy of `cfg` whose sections can be changed without touching the caller's (the values,
     in-memory datasets and reward functions included, are shared, not copied)."""
-    import copy
-    import dataclasses
-
-    new = dataclasses.replace(cfg, **{f.name: copy.copy(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
-    if hasattr(cfg, "_preset_applied"):
-        new._preset_applied = cfg._preset_applied
-    return new
+    return dataclasses.replace(cfg, **{f.name: copy.copy(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
 
 
 def _apply_peft_config(cfg: Config, peft_config: Any) -> None:

@@ -20,6 +20,12 @@ keeps the other ranks from running ahead. A crash at any point leaves either the
 previous checkpoints or the complete new one; a `.tmp-*` folder is never taken for
 a checkpoint and is removed on resume. Loading goes through `accelerator.load_state`
 (safetensors for the weights, `torch.load(weights_only=True)` for the rest).
+
+Resume (`srft train --resume DIR`, `train.resume`): `resume_point` finds the newest complete
+checkpoint and refuses a run with nothing left to train; `check_resumable` refuses a
+checkpoint written for other data or another number of processes; `load_checkpoint`
+restores every rank's state; `trainer_state` is what trainer_state.json holds.
+`check_finite` keeps non-finite weights from ever being saved.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ import re
 import shutil
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from srft.errors import TrainingError
 
 CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")
 STATE_FILE = "trainer_state.json"
@@ -136,3 +146,50 @@ def save_final_model(accelerator, dist, model, unwrapped, tokenizer, run_dir: Pa
         os.replace(tmp, final)
     dist.barrier()
     return final
+
+
+def trainer_state(step: int, sampler_state: dict, model_path: str, nonfinite_streak: int, eval_before: dict,
+                  eval_history: list, world_size: int) -> dict:
+    """The trainer's part of a checkpoint (trainer_state.json): what accelerate's state does not hold."""
+    return {"step": step, "sampler": sampler_state, "model": model_path, "nonfinite_streak": nonfinite_streak,
+            "eval_before": eval_before, "eval_history": eval_history, "world_size": world_size}
+
+
+def resume_point(run_dir: Path, max_steps: int) -> tuple[Path, dict]:
+    """The newest complete checkpoint of the run folder and its trainer state; a TrainingError
+    when there is none or the run is already complete."""
+    run_dir = Path(run_dir)
+    ck = latest_checkpoint(run_dir)
+    if ck is None:
+        raise TrainingError(
+            f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (one is written every "
+            f"train.save_every steps); nothing to resume. To start the run over: srft train --config "
+            f"{run_dir / 'config.yaml'} --output-dir {run_dir} --train.overwrite true")
+    state = read_state(ck)
+    if state["step"] >= max_steps:
+        raise TrainingError(f"--resume {run_dir}: checkpoint {ck.name} is at step {state['step']} and "
+                            f"train.max_steps is {max_steps}: nothing left to train (pass "
+                            f"--max-steps N with N > {state['step']} to train further)")
+    return ck, state
+
+
+def check_resumable(run_dir: Path, ck: Path, state: dict, n_rows: int, world: int) -> None:
+    """The checkpoint was trained on as many rows and written by as many processes as this run has."""
+    if state["sampler"]["n"] != n_rows:
+        raise TrainingError(f"--resume {run_dir}: checkpoint {ck.name} was trained on {state['sampler']['n']} "
+                            f"rows, the data now has {n_rows} (data.* settings changed?)")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise TrainingError(f"--resume {run_dir}: checkpoint {ck.name} was written by {saved_world} process(es), "
+                            f"this run has {world}; resume with {saved_world} (the random states and "
+                            f"any sharded optimiser state are per process)")
+
+
+def check_finite(unwrapped, dist, run_dir: Path, step: int, what: str) -> None:
+    """Refuse to save non-finite weights (the previous checkpoint stays as it is); every rank
+    checks its own parameters (its shard, when sharded) and all learn the answer."""
+    bad = next((name for name, p in unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+    if dist.any(bad is not None):
+        last = latest_checkpoint(run_dir)
+        raise TrainingError(f"step {step}: parameter {bad or '(on another process)'} is not finite; the "
+                            f"{what} was not saved (last good checkpoint: {last or 'none'})")

@@ -1,6 +1,6 @@
 """Configuration: one dataclass tree.
 
-Precedence: dataclass defaults < preset (`--preset`, see `srft.objective.PRESETS`)
+Precedence: dataclass defaults < preset (`--preset`, see `srft.presets.PRESETS`)
 < YAML file (`--config`) < command-line flags. Every field is a flag,
 `--section.field VALUE` (dashes and underscores both accepted), plus the short
 forms `--preset`, `--output-dir`, `--max-steps`, `--seed`, `--model`.
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from srft.presets import PRESETS, get_preset
 
 
 @dataclass
@@ -322,6 +324,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    preset_applied: Optional[str] = field(default=None, repr=False, compare=False)
+    """Not a setting (never saved, no flag): the preset whose values are in this config already, under
+    the user's. Set by `layer_config` and `apply_preset` (and for each stage by `srft.stages`), so
+    that applying a preset is done once, whichever way the config was made."""
 
     def validate(self) -> None:
         """Cross-field checks; raises ValueError naming the field."""
@@ -379,12 +385,10 @@ class Config:
             raise ValueError(f"rollout.is_cap must be > 0, got {r.is_cap}")
 
 
-SECTIONS = [f.name for f in dataclasses.fields(Config)]
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "preset_applied"]
 
 
 def _presets() -> tuple[str, ...]:
-    from srft.objective import PRESETS
-
     return tuple(PRESETS)
 
 
@@ -539,7 +543,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The settings, section by section (what config.yaml holds)."""
+    return {s: dataclasses.asdict(getattr(cfg, s)) for s in SECTIONS}
 
 
 def reward_spec_text(spec: Any) -> str:
@@ -642,20 +647,27 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """defaults < preset < YAML < flags."""
-    from srft.objective import get_preset
+def layer_config(preset_name: str, layers: list[tuple[str, dict[str, Any]]]) -> Config:
+    """The one place where a config's layers are applied, in order: the defaults, then the preset's
+    values, then each of `layers` ((source, {"section.field": value}), e.g. the YAML file, then the
+    command line). A new layer (say, defaults by model kind) goes here."""
+    preset = get_preset(preset_name)
+    cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")
+    for source, over in layers:
+        cfg = apply_overrides(cfg, over, source)
+    cfg.preset_applied = preset_name  # the preset went in first, under the other layers
+    return cfg
 
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """defaults < preset < YAML < flags (`layer_config`)."""
     flag_over = flag_overrides(args)
     yaml_over = load_yaml(args.config) if getattr(args, "config", None) else {}
     if flag_over.get("train.resume"):
         yaml_over = _resume_overrides(flag_over, getattr(args, "config", None))
     preset_name = flag_over.get("train.preset", yaml_over.get("train.preset", TrainConfig.preset))
-    preset = get_preset(preset_name)
-    cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")
-    cfg = apply_overrides(cfg, yaml_over, f"--config {getattr(args, 'config', '')}")
-    cfg = apply_overrides(cfg, flag_over, "command line")
-    cfg._preset_applied = preset_name  # the preset went in first, under the YAML and the flags
+    cfg = layer_config(preset_name, [(f"--config {getattr(args, 'config', '')}", yaml_over),
+                                     ("command line", flag_over)])
     cfg.validate()
     return cfg
 
@@ -672,10 +684,8 @@ def apply_preset(cfg: Config) -> tuple[Config, list[str]]:
     still at its default, or still at the value an earlier preset gave it; fields the user changed
     keep the user's value, as a YAML file or a flag would. Returns the config (a new one when a
     value changed) and the keys it set."""
-    from srft.objective import get_preset
-
     name = cfg.train.preset
-    before = getattr(cfg, "_preset_applied", None)
+    before = cfg.preset_applied
     if before == name:
         return cfg, []
     preset = get_preset(name)  # a ValueError naming the unknown preset
@@ -690,5 +700,5 @@ def apply_preset(cfg: Config) -> tuple[Config, list[str]]:
         if key not in preset.overrides and _get(cfg, key) == val:
             changed[key] = _get(defaults, key)
     cfg = apply_overrides(cfg, changed, f"preset {name}") if changed else cfg
-    cfg._preset_applied = name
+    cfg.preset_applied = name
     return cfg, sorted(changed)

@@ -61,3 +61,37 @@ def load_model_and_tokenizer(name_or_path: str, model_cfg, log=print):
         path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=use_safetensors
     )
     return model, tok, path
+
+
+def tokenizer_for(model, tokenizer=None):
+    """The tokenizer of a model object given in Python (`SRFTTrainer(model=...)`): `tokenizer` when
+    given, else the one saved in the model's folder; a pad token set (the EOS) when it has none.
+    Returns (tokenizer, the model's folder or "<in-memory model>")."""
+    path = getattr(model, "name_or_path", "") or "<in-memory model>"
+    if tokenizer is None:
+        from transformers import AutoTokenizer  # heavy: loaded when a tokenizer is needed
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, path
+
+
+def adapt_model(model, model_cfg):
+    """Gradient checkpointing and LoRA (peft), as `model.*` configures them."""
+    m = model_cfg
+    if m.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.lora_r > 0:
+        from peft import LoraConfig, get_peft_model  # optional and heavy: only LoRA runs load peft
+
+        targets = m.lora_target_modules
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        model = get_peft_model(model, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        if m.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model

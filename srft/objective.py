@@ -13,7 +13,7 @@ with A the group advantage over the augmented group (rollouts + demonstrations o
 one prompt), H the policy entropy (stop-gradient) and agg the aggregation of
 `srft.losses.aggregate` over demonstration (agg_demo) or rollout (agg_roll)
 tokens. Every baseline is another setting of the same switches
-(`ObjectiveConfig`), never another copy of a loss: see `PRESETS`.
+(`ObjectiveConfig`), never another copy of a loss: see `srft.presets.PRESETS`.
 
 Choices where the paper is silent (each is an option of ObjectiveConfig):
 - aggregation: token-mean, each term normalised by the count of its own tokens
@@ -47,12 +47,14 @@ log-prob; `rollout.is_correction`), the correction verl and TRL apply to vLLM ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from srft import losses as L
+from srft.presets import PRESETS, SRFT_ABLATIONS, Preset, get_preset, register_preset  # noqa: F401 (the registry's
+# home is srft.presets, pure data without torch; re-exported for callers of srft.objective)
 
 
 @dataclass
@@ -194,146 +196,65 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg, mu: Optional[float] = N
     return total, metrics
 
 
-@dataclass
-class Preset:
-    name: str
-    summary: str
-    formula: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    stages: tuple[tuple[str, float], ...] = ()
-    """Multi-stage presets: (preset, share of train.max_steps) run one after the other, each
-    stage starting from the previous stage's final model (see `srft.stages`). The last
-    stage's overrides must equal `overrides`, so the resolved config is the last stage's."""
+# ---------------------------------------------------------------- per-step inputs of the objective
+# What a method changes besides the loss formula is computed here, from the step's rewards, groups
+# and position, so that the training loop (srft.experience, srft.update) stays the same for every
+# method: the advantage groups, HPT's per-prompt gate, CHORD's mu, the truncated importance
+# weights, and whether the entropy weights need the batch entropy.
 
 
-PRESETS: dict[str, Preset] = {}
+def advantages(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]) -> torch.Tensor:
+    """Group advantages (`srft.losses.group_advantages`) of one rank's samples. With
+    `cfg.demos_in_group` False, each demonstration is a group of its own (A = 0)."""
+    if not rewards:
+        return torch.zeros(0)
+    group_ids = [g if (cfg.demos_in_group or not d) else -1 - i for i, (g, d) in enumerate(zip(groups, is_demo))]
+    return L.group_advantages(torch.tensor(rewards, dtype=torch.float32), torch.tensor(group_ids, dtype=torch.long),
+                              cfg.adv_std_norm)
 
 
-def register_preset(p: Preset) -> Preset:
-    PRESETS[p.name] = p
-    return p
+def sample_gate(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]) -> Optional[list[bool]]:
+    """Which samples enter the loss (HPT's per-prompt switch, `cfg.sft_gate`: SFT on the
+    demonstration when at most sft_gate rollouts are correct, else RL on the rollouts); None when
+    the objective has no gate (every sample enters)."""
+    if cfg.sft_gate is None or not rewards:
+        return None
+    return L.gate_groups(torch.tensor([r >= 1.0 for r in rewards]), torch.tensor(groups), torch.tensor(is_demo),
+                         cfg.sft_gate).tolist()
 
 
-register_preset(Preset(
-    "srft",
-    "SRFT: SFT + off-policy RL on demonstrations + on-policy RL, entropy-weighted (the paper's defaults).",
-    "L = 0.5 sg(e^-H) NLL(demo) - A f(p)(demo) + clipped PG(rollouts; w=0.1 sg(e^H) where A>0)",
-    {},
-))
-register_preset(Preset(
-    "grpo",
-    "GRPO / zero-RL: clipped policy gradient on 8 on-policy rollouts per prompt, no demonstrations.",
-    "L = token-mean over rollouts of -min(r A, clip(r) A), A = (R - mean) / std over 8 rollouts",
-    {
-        "rollout.n_rollouts": 8, "rollout.n_demos": 0,
-        "objective.sft_demo": False, "objective.rl_demo": False, "objective.rl_self": True,
-        "objective.w_rl": "constant", "objective.w_rl_coef": 1.0,
-    },
-))
-register_preset(Preset(
-    "sft",
-    "SFT: token-mean NLL on the demonstrations only, no rollouts.",
-    "L = token-mean over demonstration tokens of -log p",
-    {
-        "rollout.n_rollouts": 0, "rollout.n_demos": 1,
-        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
-        "objective.rl_demo": False, "objective.rl_self": False,
-    },
-))
-register_preset(Preset(
-    "luffy",
-    "LUFFY (arXiv 2504.14945): mixed group 7+1, unclipped on-policy term, shaped off-policy term, "
-    "token sum / (n_seqs * L_max), entropy bonus 0.001, advantages not divided by std.",
-    "L = [sum_roll -A r + sum_demo -A p/(p+0.1) - 0.001 sum_all H] / (N_seqs * L_max), A = R - mean(G_aug)",
-    {
-        "rollout.n_rollouts": 7, "rollout.n_demos": 1,
-        "objective.sft_demo": False, "objective.rl_demo": True, "objective.demo_shaping_gamma": 0.1,
-        "objective.rl_self": True, "objective.clip_eps": None, "objective.w_rl": "constant",
-        "objective.w_rl_coef": 1.0, "objective.aggregation": "token-sum-norm", "objective.normalize_over": "batch",
-        "objective.entropy_bonus": 0.001, "objective.adv_std_norm": False,
-    },
-))
-register_preset(Preset(
-    "rl_sft",
-    "RL with an SFT loss (multi-task): GRPO on 8 rollouts per prompt plus 1.0 x NLL on the demonstration; "
-    "the demonstration is not part of the advantage group.",
-    "L = token-mean_roll -min(rA, clip(r)A) + token-mean_demo -log p, A over the 8 rollouts",
-    {
-        "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
-        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
-        "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
-        "objective.w_rl_coef": 1.0,
-    },
-))
-
-# Single-stage SFT + RL methods published after SRFT (issue 14; docs/results.md). Both train on 8
-# rollouts + 1 demonstration per prompt, the budget of rl_sft, with the demonstration outside the
-# advantage group.
-register_preset(Preset(
-    "hpt",
-    "HPT / Unified Post-Training (arXiv 2509.04419): per prompt, if at most 0 of its 8 rollouts are correct "
-    "the prompt trains by SFT on its demonstration, else by RL on its rollouts (A = R - mean, no std, no "
-    "clip), entropy bonus 0.001. Deviation: the RL term is a token mean over the RL prompts' rollout tokens "
-    "(HPT's script divides the sum by the padded length, 8192).",
-    "per prompt g, c_g = #correct of 8 rollouts: c_g <= 0: token-mean_demo -log p; else token-mean_roll -A r; "
-    "- 0.001 token-mean H (active tokens)",
-    {
-        "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
-        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
-        "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant",
-        "objective.w_rl_coef": 1.0, "objective.sft_gate": 0, "objective.adv_std_norm": False,
-        "objective.clip_eps": None, "objective.entropy_bonus": 0.001,
-    },
-))
-_CHORD = {
-    "rollout.n_rollouts": 8, "rollout.n_demos": 1, "objective.demos_in_group": False,
-    "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
-    "objective.rl_demo": False, "objective.rl_self": True, "objective.w_rl": "constant", "objective.w_rl_coef": 1.0,
-    "objective.mix_schedule": "chord",
-}
-register_preset(Preset(
-    "chord",
-    "CHORD-mu (arXiv 2508.11408): (1 - mu) GRPO + mu SFT, mu decaying by a cosine from 0.9 to 0.05 (Trinity-RFT's "
-    "chord-mu values). Guess: the decay spans the whole run (their configs give steps of runs of unknown length).",
-    "L = (1 - mu_t) token-mean_roll -min(rA, clip(r)A) + mu_t token-mean_demo -log p, "
-    "mu_t = 0.05 + 0.85 (1 + cos(pi t / T)) / 2",
-    {**_CHORD, "objective.mu_peak": 0.9, "objective.mu_valley": 0.05, "objective.mu_warmup": 0.0,
-     "objective.mu_decay": 1.0},
-))
-register_preset(Preset(
-    "chord_phi",
-    "CHORD-phi (arXiv 2508.11408): (1 - mu) GRPO + mu SFT with mu = 0.1 constant and the per-token weight "
-    "phi = sg(p (1 - p)) on the SFT term (Trinity-RFT's defaults).",
-    "L = 0.9 token-mean_roll -min(rA, clip(r)A) + 0.1 token-mean_demo -sg(p (1 - p)) log p",
-    {**_CHORD, "objective.mu_peak": 0.1, "objective.mu_valley": 0.1, "objective.mu_warmup": 0.0,
-     "objective.mu_decay": 0.0, "objective.sft_token_weight": "phi"},
-))
-
-register_preset(Preset(
-    "sft_then_grpo",
-    "SFT then GRPO (two stages): SFT on demonstrations for half of train.max_steps, then GRPO from the "
-    "SFT model for the other half (fresh optimiser). Same optimiser steps as one-stage methods.",
-    "stage 1: L_sft (the sft preset); stage 2: L_grpo (the grpo preset), starting from stage 1's final model",
-    dict(PRESETS["grpo"].overrides),
-    stages=(("sft", 0.5), ("grpo", 0.5)),
-))
-
-# Ablations of SRFT: one switch changed each (the paper's Table 4 and the paper/script differences).
-SRFT_ABLATIONS = {
-    "srft_wsft_fixed": ("w_SFT fixed to 1", {"objective.w_sft": "constant", "objective.w_sft_coef": 1.0}),
-    "srft_wrl_fixed": ("w_RL fixed to 1", {"objective.w_rl": "constant", "objective.w_rl_coef": 1.0}),
-    "srft_no_sft_demo": ("without L_SFT_demo", {"objective.sft_demo": False}),
-    "srft_no_rl_demo": ("without L_RL_demo", {"objective.rl_demo": False}),
-    "srft_sign_script": ("w_SFT = 0.5 sg(exp(+H)), the sign of the released script", {"objective.w_sft_sign": 1.0}),
-    "srft_shaping": ("f(p) = p / (p + 0.1) on demonstrations (LUFFY's shaping)", {"objective.demo_shaping_gamma": 0.1}),
-    "srft_entropy_token": ("H per token in the weights", {"objective.entropy_granularity": "token"}),
-    "srft_entropy_sequence": ("H per sequence in the weights", {"objective.entropy_granularity": "sequence"}),
-}
-for _name, (_what, _over) in SRFT_ABLATIONS.items():
-    register_preset(Preset(_name, f"SRFT ablation: {_what}.", f"the srft formula, {_what}", dict(_over)))
+def mix_weight(cfg, step: int, max_steps: int) -> Optional[float]:
+    """CHORD's mu at `step` (`cfg.mix_schedule` "chord"; its warm-up and decay are shares of
+    max_steps), else None. Passed to `compute_loss` as `mu` and logged as weight/mu."""
+    if cfg.mix_schedule != "chord":
+        return None
+    return L.chord_mu(step, int(round(cfg.mu_warmup * max_steps)), int(round(cfg.mu_decay * max_steps)),
+                      cfg.mu_peak, cfg.mu_valley)
 
 
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
-    return PRESETS[name]
+def is_correction_cap(rollout_cfg) -> Optional[float]:
+    """The cap C of the truncated importance weights on L_RL_self (`rollout.is_correction`: "tis",
+    or "auto" with an engine other than the trainer's own), None when there is no correction."""
+    corr = rollout_cfg.is_correction
+    on = corr == "tis" or (corr == "auto" and rollout_cfg.engine != "hf")
+    return rollout_cfg.is_cap if on else None
+
+
+def needs_batch_entropy(cfg) -> bool:
+    """Whether an entropy weight uses the batch entropy (granularity "batch")."""
+    return cfg.entropy_granularity == "batch" and ((cfg.sft_demo and cfg.w_sft == "entropy") or
+                                                   (cfg.rl_self and cfg.w_rl == "entropy"))
+
+
+def loss_inputs(cfg, logprobs: torch.Tensor, entropy: torch.Tensor, old_logprobs: torch.Tensor,
+                batch: dict[str, torch.Tensor], is_cap: Optional[float]) -> LossInputs:
+    """`LossInputs` of one collated micro-batch (`srft.samples.collate`) on the forward's device:
+    the importance weights when `is_cap` is set (`is_correction_cap`), the gate's `active` mask
+    when the objective has one."""
+    dev = logprobs.device
+    mu = batch["sampler_logprobs"].to(dev)
+    w_is = L.truncated_is_weight(old_logprobs, mu, is_cap) if is_cap is not None else None
+    active = batch["active"].to(dev) if cfg.sft_gate is not None else None
+    return LossInputs(logprobs, entropy, old_logprobs, batch["advantages"].to(dev), batch["mask"].to(dev),
+                      batch["is_demo"].to(dev), w_is, active)
+

@@ -27,9 +27,12 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from srft.checkpoint import latest_checkpoint
 from srft.config import Config, apply_overrides, flatten, save_config, to_dict
 from srft.distributed import launched_rank
-from srft.objective import get_preset
+from srft.presets import get_preset
+from srft.run_dir import finish_run, refuse_used_output_dir
+from srft.trainer import Trainer
 
 
 def stage_steps(max_steps: int, fractions: list[float]) -> list[int]:
@@ -70,7 +73,7 @@ def stage_configs(cfg: Config) -> list[Config]:
         if i > 0:
             sub["model.name_or_path"] = str(out / f"stage{i}-{names[i - 1]}" / "final")
         c = apply_overrides(base, sub, f"stage {i + 1}")
-        c._preset_applied = name  # its preset's values are in, under the user's (srft.config.apply_preset)
+        c.preset_applied = name  # its preset's values are in, under the user's (srft.config.apply_preset)
         c.validate()
         cfgs.append(c)
     return cfgs
@@ -83,8 +86,6 @@ def is_staged(cfg: Config) -> bool:
 def _resume_stage(scfg: Config, is_last: bool, out: Path, log) -> Optional[dict]:
     """On resume: a finished stage's result (None if it must run); an unfinished stage with a
     checkpoint resumes from it, one without starts over."""
-    from srft.trainer import latest_checkpoint
-
     sdir = Path(scfg.train.output_dir)
     done = sdir / "eval.json"
     if done.exists() and ((sdir / "final").exists() or (is_last and (out / "final").exists())):
@@ -101,10 +102,7 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
     """Run every stage; returns the same result dict as `Trainer.train`. With
     `train.resume` (the run folder), finished stages are kept and the unfinished one
     continues from its newest checkpoint (see `srft.trainer.Trainer`)."""
-    from srft.trainer import refuse_used_output_dir
-
-    if trainer_cls is None:
-        from srft.trainer import Trainer as trainer_cls
+    trainer_cls = trainer_cls or Trainer
     out = Path(cfg.train.output_dir)
     resume = bool(cfg.train.resume)
     refuse_used_output_dir(cfg)
@@ -153,14 +151,6 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
               "stages": [{"preset": r["preset"], "steps": r["steps"], "folder": str(Path(c.train.output_dir))}
                          for r, c in zip(results, cfgs)]}
     if main:
-        (out / "eval.json").write_text(json.dumps(result, indent=2))
-        from srft.plots import make_plots
-
-        make_plots(out)
-        if cfg.train.push_to_hub:
-            from srft.hub import push_to_hub
-
-            result["hub"] = push_to_hub(out, cfg.train.hub_model_id or out.resolve().name,
-                                        private=cfg.train.hub_private, log=log)
+        result = finish_run(out, result, cfg, log)
     return result
 

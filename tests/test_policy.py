@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from srft.policy import PolicyScorer
-from srft.trainer import Sample, collate
+from srft.samples import Sample, collate
 
 
 def batch_of(pad: int = 0) -> dict:

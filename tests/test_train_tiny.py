@@ -142,7 +142,7 @@ def test_rl_sft_keeps_demonstrations_out_of_the_advantage_group(tiny_model_dir, 
     over = {**get_preset("rl_sft").overrides, "train.preset": "rl_sft"}
     cfg = tiny_cfg(tiny_model_dir, tmp_path / "run", over, **{"data.reward": "tests.test_train_tiny:length_reward"})
     trainer = Trainer(cfg, log=lambda *a: None)
-    samples, _ = trainer._sample_groups()
+    samples, _ = trainer.make_experience()
     assert all(s.advantage == 0.0 for s in samples if s.is_demo)
     for g in {s.group for s in samples}:
         roll = [s.advantage for s in samples if s.group == g and not s.is_demo]

@@ -2,7 +2,7 @@
 
 Log-probs are those of the untempered policy, log softmax(logits)[y_t], computed by the
 same scorer as training (`srft.policy.PolicyScorer`) on the same collation
-(`srft.trainer.collate`), in batches, without gradients.
+(`srft.samples.collate`), in batches, without gradients.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def response_logprobs(model, tok, prompt_ids: list[list[int]], responses: list[l
                       batch_size: int = 64) -> list[torch.Tensor]:
     """log p(y_t | prompt, y_<t) of every response token under `model`, one 1-D tensor per response."""
     from srft.policy import PolicyScorer
-    from srft.trainer import Sample, collate
+    from srft.samples import Sample, collate
 
     scorer = PolicyScorer(model, model, temperature=1.0)
     out: list[torch.Tensor] = []
