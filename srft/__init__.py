@@ -13,7 +13,7 @@ __all__ = ["SRFTConfig", "SRFTTrainer", "__version__"]
 
 def __getattr__(name):  # `from srft import SRFTTrainer` without importing torch for `import srft`
     if name in ("SRFTConfig", "SRFTTrainer"):
-        from srft import api
+        from srft import api  # deferred: the trainer's imports (torch, transformers, accelerate) load on first use
 
         return getattr(api, name)
     raise AttributeError(f"module 'srft' has no attribute {name!r}")

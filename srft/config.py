@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
+from srft.data import DEFAULT_SYSTEM_PROMPT
 from srft.presets import PRESETS, get_preset
 
 
@@ -80,8 +81,6 @@ class DataConfig:
 
     def __post_init__(self):
         if self.system_prompt == "default":
-            from srft.data import DEFAULT_SYSTEM_PROMPT
-
             self.system_prompt = DEFAULT_SYSTEM_PROMPT
 
 
@@ -376,6 +375,7 @@ class Config:
             raise ValueError("train.micro_batch_size must be >= 1")
         check_choices(self)
         if r.engine == "vllm":
+            # deferred: the engines import torch and transformers, which the flag parser and --help do without
             from srft.rollout import VLLM_MISSING
             from srft.rollout.vllm_engine import vllm_available
 
@@ -393,13 +393,13 @@ def _presets() -> tuple[str, ...]:
 
 
 def _aggregations() -> tuple[str, ...]:
-    from srft.losses import AGGREGATION_MODES
+    from srft.losses import AGGREGATION_MODES  # deferred: srft.losses imports torch (--help does without)
 
     return tuple(AGGREGATION_MODES)
 
 
 def _granularities() -> tuple[str, ...]:
-    from srft.losses import ENTROPY_GRANULARITIES
+    from srft.losses import ENTROPY_GRANULARITIES  # deferred: srft.losses imports torch
 
     return tuple(ENTROPY_GRANULARITIES)
 

@@ -48,7 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from srft.datasets_champ import load_champ_rows
 from srft.errors import DataError
+from srft.testbed.tasks import build_splits
 
 CANONICAL = ("prompt", "demonstration", "answer")
 DEFAULT_COLUMNS = {"prompt": "prompt", "demonstration": "demonstration", "answer": "answer"}
@@ -92,8 +94,6 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None, need_
                         f"datasets.Dataset, got {type(dataset).__name__}")
     dataset = dataset.strip()
     if dataset in ("testbed:train", "testbed:val"):  # the testbed's validation split: for choosing settings
-        from srft.testbed.tasks import build_splits
-
         splits = build_splits(0)
         return [dict(r) for r in (splits.val if dataset.endswith(":val") else splits.train)]
     if dataset in BUILTIN_DATASETS:
@@ -102,11 +102,7 @@ def load_rows(dataset: str, seed: int = 0, columns: Optional[dict] = None, need_
                             f"({', '.join(f'{k}={v!r}' for k, v in overrides.items())}) apply to files and "
                             f"datasets only")
         if dataset == "testbed":
-            from srft.testbed.tasks import build_splits
-
             return [dict(r) for r in build_splits(0).train]
-        from srft.datasets_champ import load_champ_rows
-
         return load_champ_rows()
 
     path, split = Path(dataset).expanduser(), None

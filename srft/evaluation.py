@@ -24,13 +24,14 @@ import time
 from typing import Optional
 
 from srft.data import encode_prompt
+from srft.distributed import Dist
 from srft.rewards import score_completions
-from srft.rollout.base import SamplingParams, derive_seed
+from srft.rollout import make_engine
+from srft.rollout.base import RolloutOutput, SamplingParams, derive_seed
+from srft.testbed.tasks import build_splits
 
 
 def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
-    from srft.testbed.tasks import build_splits
-
     sets = build_splits(0).test
     return {k: (v[:limit] if limit else v) for k, v in sets.items()}
 
@@ -45,12 +46,8 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
     progress: generate in chunks of `eval_cfg.batch_size` sequences with a progress bar (main
     rank); the samples do not change (each has its own seed). details: add "per_problem", one
     {"avg", "any", "length", "completion"} per problem (the first sample's completion)."""
-    from srft.distributed import Dist
-    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
-
     dist = dist or Dist()
-    engine = engine or HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer),
-                                       eval_cfg.batch_size)
+    engine = engine or make_engine("hf", model, tokenizer, batch_size=eval_cfg.batch_size)
     k = 1 if not eval_cfg.temperature else max(1, eval_cfg.k)
     params = SamplingParams(
         max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p
@@ -110,8 +107,6 @@ def _generate(engine, prompt_ids: list, params, seeds: list, pad_id: int, chunk:
     if not chunk or len(prompt_ids) <= chunk:
         return engine.generate(prompt_ids, params, seed=seeds)
     from tqdm.auto import tqdm
-
-    from srft.rollout.base import RolloutOutput
 
     parts = []
     with tqdm(total=len(prompt_ids), desc=desc, unit="seq", disable=desc is None, leave=False) as bar:

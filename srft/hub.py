@@ -37,6 +37,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+import srft
+from srft.presets import get_preset
+
 PAPER_ARXIV = "2506.19767"
 PAPER_TITLE = "SRFT: A Single-Stage Method with Supervised and Reinforcement Fine-Tuning for Reasoning"
 CITATION = f"""@article{{fu2025srft,
@@ -58,8 +61,6 @@ _REWARD_TEXT = {
 def srft_version() -> str:
     """srft.__version__, else the installed distribution's version, else "unknown"."""
     try:
-        import srft
-
         v = getattr(srft, "__version__", None)
         if v:
             return str(v)
@@ -124,8 +125,6 @@ def _section(cfg: dict, name: str) -> dict:
 def _preset_info(name: str) -> tuple[str, str]:
     """(summary, formula) of a preset; placeholders for a name this srft does not know."""
     try:
-        from srft.objective import get_preset
-
         p = get_preset(name)
         return p.summary, p.formula
     except (ValueError, ImportError):

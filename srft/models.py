@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from srft.testbed.base_model import ensure_base_model
+
 
 def resolve_model_path(name_or_path: str, log=print) -> str:
     if name_or_path == "testbed":
-        from srft.testbed.base_model import ensure_base_model
-
         return str(ensure_base_model(0, log=log))
     return name_or_path
 

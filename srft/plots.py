@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from srft.metrics import read_metrics
 
 def _series(rows, key):
     xs, ys = [], []
@@ -22,8 +23,6 @@ def make_plots(run_dir) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from srft.metrics import read_metrics
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")

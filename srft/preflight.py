@@ -27,6 +27,7 @@ from pathlib import Path
 
 from srft.config import Config
 from srft.models import check_model_folder
+from srft.rewards import resolve_rewards
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
@@ -75,8 +76,6 @@ def check_benchmark(value, protocol: str = "none") -> None:
 def preflight(cfg: Config, model_given: bool = False) -> list:
     """Run every check; returns the resolved reward functions (srft.rewards.Reward list).
     `model_given`: the model is an object (the Python API), so no path to check."""
-    from srft.rewards import resolve_rewards
-
     cfg.validate()
     try:
         rewards = resolve_rewards(cfg.data.reward, cfg.data.dataset, cfg.data.reward_weights)

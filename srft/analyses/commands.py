@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from srft.analyses.dynamics import format_table, run_dynamics, run_points
+from srft.analyses.token_shift import run_token_shift
+
 SHIFT_PRESETS = ("sft", "grpo", "srft")
 
 
@@ -70,8 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_token_shift_from_args(args) -> int:
-    from srft.analyses.token_shift import run_token_shift
-
     tuned = _pairs(args.tuned, "--tuned")
     if args.experiment:
         runs = _experiment_runs(args.experiment, args.seed)
@@ -84,8 +85,6 @@ def run_token_shift_from_args(args) -> int:
 
 
 def run_dynamics_from_args(args) -> int:
-    from srft.analyses.dynamics import format_table, run_dynamics, run_points
-
     runs = _pairs(args.run, "--run")
     exp = {}
     if args.experiment:

@@ -12,14 +12,21 @@ from typing import Optional
 
 import torch
 
+from srft.config import ModelConfig
+from srft.data import encode_prompt, load_rows
+from srft.models import load_model_and_tokenizer
+from srft.policy import PolicyScorer
+from srft.rollout import make_engine
+from srft.rollout.base import SamplingParams, derive_seed
+from srft.samples import Sample, collate
+from srft.testbed.tasks import build_splits
+
 
 def load_prompt_rows(spec: str, limit: Optional[int] = None) -> list[dict]:
     """Rows with a `prompt` (and a `demonstration` where the data has one). `spec`:
     "testbed:SET" for a testbed set (id_chain4, ood_mc4, ood_mc5, val, train), or anything
     `srft.data.load_rows` reads (a file, a datasets folder, a hub id)."""
     if spec.startswith("testbed:"):
-        from srft.testbed.tasks import build_splits
-
         name = spec.split(":", 1)[1]
         splits = build_splits(0)
         sets = {**splits.test, "val": splits.val, "train": splits.train}
@@ -27,25 +34,18 @@ def load_prompt_rows(spec: str, limit: Optional[int] = None) -> list[dict]:
             raise ValueError(f"--prompts: the testbed has no set {name!r} (known: {', '.join(sets)})")
         rows = sets[name]
     else:
-        from srft.data import load_rows
-
         rows = load_rows(spec, need_answer=False)
     return rows[:limit] if limit else rows
 
 
 def load_model(path: str, log=print):
     """(model in eval mode, tokenizer, resolved path) for a model folder, a hub id or "testbed"."""
-    from srft.config import ModelConfig
-    from srft.models import load_model_and_tokenizer
-
     model, tok, resolved = load_model_and_tokenizer(path, ModelConfig(), log=log)
     model.eval()
     return model, tok, resolved
 
 
 def encode_prompts(tok, rows: list[dict]) -> list[list[int]]:
-    from srft.data import encode_prompt
-
     return [encode_prompt(tok, r["prompt"]) for r in rows]
 
 
@@ -54,10 +54,7 @@ def generate_responses(model, tok, prompt_ids: list[list[int]], max_new_tokens: 
                        seed: int = 0, batch_size: int = 256) -> list[list[int]]:
     """Each prompt's response (token ids, up to and including the stop token): greedy at
     temperature 0, else sampled with one derived seed per prompt (reproducible)."""
-    from srft.rollout.base import SamplingParams, derive_seed
-    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
-
-    engine = HFRolloutEngine(model, tok.pad_token_id, stop_token_ids(model, tok), batch_size)
+    engine = make_engine("hf", model, tok, batch_size=batch_size)
     seeds = [derive_seed(seed, "analysis", i) for i in range(len(prompt_ids))]
     out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature),
                           seed=seeds)
@@ -68,9 +65,6 @@ def generate_responses(model, tok, prompt_ids: list[list[int]], max_new_tokens: 
 def response_logprobs(model, tok, prompt_ids: list[list[int]], responses: list[list[int]],
                       batch_size: int = 64) -> list[torch.Tensor]:
     """log p(y_t | prompt, y_<t) of every response token under `model`, one 1-D tensor per response."""
-    from srft.policy import PolicyScorer
-    from srft.samples import Sample, collate
-
     scorer = PolicyScorer(model, model, temperature=1.0)
     out: list[torch.Tensor] = []
     for i in range(0, len(responses), batch_size):

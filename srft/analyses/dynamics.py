@@ -36,6 +36,9 @@ from typing import Optional
 
 import torch
 
+from srft.analyses.common import (encode_prompts, generate_responses, load_model, load_prompt_rows, pad_rows,
+    response_logprobs)
+
 STEP_DIR = re.compile(r"step-(\d+)$")
 
 
@@ -92,8 +95,6 @@ def reference_responses(refs: dict[str, str], rows: list[dict], prompt_ids, tok,
                         log=print) -> dict[str, list[list[int]]]:
     """Each reference set's responses: "demonstrations" (the rows' demonstration column,
     tokenized as in training) or a model (sampled at temperature 1, seed 0)."""
-    from srft.analyses.common import generate_responses, load_model
-
     out = {}
     for name, spec in refs.items():
         if spec == "demonstrations":
@@ -115,8 +116,6 @@ def reference_responses(refs: dict[str, str], rows: list[dict], prompt_ids, tok,
 def run_dynamics(runs: dict[str, str], refs: dict[str, str], prompts: str = "testbed:val", limit: Optional[int] = 100,
                  max_new_tokens: int = 48, output_dir: str = "runs/analysis/dynamics",
                  axes: Optional[tuple[str, str]] = None, log=print) -> dict:
-    from srft.analyses.common import encode_prompts, load_model, load_prompt_rows, pad_rows, response_logprobs
-
     if not runs:
         raise ValueError("dynamics: give at least one run folder (--run DIR or --experiment DIR)")
     axes = tuple(axes or list(refs)[:2])

@@ -28,6 +28,9 @@ from typing import Optional
 
 import torch
 
+from srft.analyses.common import (encode_prompts, generate_responses, load_model, load_prompt_rows, pad_rows,
+                                  response_logprobs)
+
 THRESHOLDS = (0.01, 0.1, 0.5)
 
 
@@ -64,9 +67,6 @@ def paper_pattern(shares: dict[str, dict[float, float]], sft: str = "sft", rl: s
 def run_token_shift(base: str, tuned: dict[str, str], prompts: str = "testbed:id_chain4", limit: Optional[int] = 200,
                     max_new_tokens: int = 48, output_dir: str = "runs/analysis/token-shift", examples: int = 4,
                     log=print) -> dict:
-    from srft.analyses.common import (encode_prompts, generate_responses, load_model, load_prompt_rows, pad_rows,
-                                      response_logprobs)
-
     if not tuned:
         raise ValueError("token-shift: give at least one tuned model (--tuned NAME=PATH or --experiment DIR)")
     out = Path(output_dir)

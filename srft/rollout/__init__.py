@@ -1,23 +1,22 @@
 """Rollout engines: the interface (`base`), the transformers engine (`hf`), and
 the vLLM engine (`vllm_engine`, optional: `pip install srft[vllm]`), and `make_engine`, the one
-place the trainer gets an engine from."""
+place where an engine is made (training, evaluation, the analyses and the testbed check)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from srft.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
+from srft.rollout.hf import HFRolloutEngine, stop_token_ids
 
 
-def _hf(model, tokenizer, rollout_cfg) -> RolloutEngine:
-    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
+def _hf(model, tokenizer, rollout_cfg, batch_size: Optional[int] = None) -> RolloutEngine:
+    size = batch_size if batch_size is not None else rollout_cfg.batch_size
+    return HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), size)
 
-    return HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), rollout_cfg.batch_size)
 
-
-def _vllm(model, tokenizer, rollout_cfg) -> RolloutEngine:
-    from srft.rollout.hf import stop_token_ids
-    from srft.rollout.vllm_engine import VLLMRolloutEngine, vllm_available
+def _vllm(model, tokenizer, rollout_cfg, batch_size: Optional[int] = None) -> RolloutEngine:
+    from srft.rollout.vllm_engine import VLLMRolloutEngine, vllm_available  # optional extra: vllm
 
     if not vllm_available():
         raise ValueError(VLLM_MISSING)
@@ -36,10 +35,13 @@ VLLM_MISSING = ("rollout.engine: 'vllm' needs vLLM, which is not installed in th
 ENGINES: dict[str, Callable[..., RolloutEngine]] = {"hf": _hf, "vllm": _vllm}
 
 
-def make_engine(name: str, model, tokenizer, rollout_cfg) -> RolloutEngine:
+def make_engine(name: str, model, tokenizer, rollout_cfg=None, batch_size: Optional[int] = None) -> RolloutEngine:
+    """The engine `name` ("hf", "vllm") sampling from `model`. rollout_cfg: a
+    `srft.config.RolloutConfig` (needed by vLLM); batch_size: sequences per generation batch
+    (default rollout_cfg.batch_size)."""
     if name not in ENGINES:
         raise ValueError(f"rollout.engine: unknown engine {name!r}; known: {sorted(ENGINES)}")
-    return ENGINES[name](model, tokenizer, rollout_cfg)
+    return ENGINES[name](model, tokenizer, rollout_cfg, batch_size)
 
 
 __all__ = ["ENGINES", "RolloutEngine", "RolloutOutput", "SamplingParams", "make_engine"]

@@ -31,16 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from srft.testbed.tasks import (
-    TESTBED_VERSION,
-    build_splits,
-    direct_answer,
-    format_mc_prompt,
-    format_prompt,
-    mc_options,
-    worked_answer,
-    worked_calculation,
-)
+from srft.testbed.tasks import (TESTBED_VERSION, build_splits, direct_answer, format_mc_prompt, format_prompt,
+                                mc_options, worked_answer, worked_calculation)
+from srft.testbed.tokenizer import build_tokenizer
 
 
 @dataclass
@@ -157,8 +150,6 @@ def build_base_model(
     """Pretrain the base model and save it (safetensors) to `out_dir`."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from srft.testbed.tokenizer import build_tokenizer
 
     cfg = cfg or BasePretrainConfig()
     out_dir = Path(out_dir) if out_dir else base_model_dir(cfg.seed)
