@@ -40,7 +40,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from srft.math_reward import MULTI_BOX_SEP, extract_prediction, verify_one  # noqa: E402
+from srft.answers import MULTI_BOX_SEP, extract_prediction  # noqa: E402
+from srft.math_reward import verify_one  # noqa: E402
 
 SRC_NUMINA = "tests/test_numina_cases.py::test_numina_cases"
 SRC_OPEN_THOUGHTS = "tests/test_open_thoughts.py::test_open_thoughts"

@@ -51,6 +51,14 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from srft.config import EvalConfig
+from srft.data import to_plain
+from srft.evaluation import evaluate
+from srft.math_reward import make_math_reward
+from srft.rollout import make_engine
+from srft.rollout.base import derive_seed
+
+
 LETTERS = "ABCDEFGHIJ"
 _OPTION_RE = re.compile(r"([A-J]|[1-9])\)\s?(.*)")
 
@@ -70,8 +78,6 @@ def load_benchmark(path, limit: Optional[int] = None) -> list[dict]:
 
 
 def _verl_problems(df, path, limit: Optional[int]) -> list[dict]:
-    from srft.data import to_plain
-
     for col in ("prompt", "reward_model"):
         if col not in df.columns:
             raise ValueError(f"--benchmark {path}: column {col!r} missing (verl layout needs prompt, "
@@ -129,8 +135,6 @@ def load_gpqa(path, limit: Optional[int] = None, system_prompt: Optional[str] = 
 
 def load_mmlu_pro(df, path, limit: Optional[int] = None, system_prompt: Optional[str] = None) -> list[dict]:
     """MMLU-Pro's release (question, options, answer letter)."""
-    from srft.data import to_plain
-
     out = []
     for i, row in enumerate(df.to_dict("records")):
         if limit is not None and len(out) >= limit:
@@ -201,8 +205,6 @@ def split_options(text: str) -> Optional[tuple[str, list[str], list[str], str]]:
 def shuffle_options(problem: dict, seed: int) -> Optional[dict]:
     """A copy of `problem` with its options permuted and its answer relabelled, or None when the
     prompt has no option block or the answer is not one of its labels."""
-    from srft.rollout.base import derive_seed
-
     prompt = problem["prompt"]
     msgs = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     users = [i for i, m in enumerate(msgs) if m.get("role") == "user"]
@@ -241,17 +243,11 @@ def evaluate_benchmark(model, tokenizer, problems: list[dict], k: int = 1, tempe
                        engine=None, dist=None, multi_box: bool = False, progress: bool = False) -> dict:
     """Every source of `problems` with one setting, through `srft.evaluation.evaluate` (the rollout
     engine given, else transformers; problems sharded over the ranks of `dist`)."""
-    from srft.config import EvalConfig
-    from srft.evaluation import evaluate
-    from srft.math_reward import make_math_reward
-
     k = 1 if not temperature else max(1, k)
     cfg = EvalConfig(temperature=temperature, top_p=top_p, k=k, max_new_tokens=max_new_tokens,
                      batch_size=batch_size)
     if engine is None:
-        from srft.rollout.hf import HFRolloutEngine, stop_token_ids
-
-        engine = HFRolloutEngine(model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), batch_size)
+        engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
     sets = {s: [{"prompt": p["prompt"], "answer": p["answer"]} for p in ps] for s, ps in by_source(problems).items()}
     raw = evaluate(model, tokenizer, sets, make_math_reward(multi_box), cfg, engine=engine, seed=seed, dist=dist,
                    progress=progress, details=True)

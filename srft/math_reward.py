@@ -1,79 +1,33 @@
-"""Math answer reward: extract the final answer of a completion and check it
-against the ground truth with `math_verify`, in killable worker processes.
+"""Math answer verification: check an extracted answer against the ground truth
+with `math_verify`, in killable worker processes, and the TRL-style rewards built on it.
 
 What it does
 ------------
 `math_reward(prompts, completions, answer, **columns)` is a TRL-style reward
 callable (see `srft.rewards`): for each completion it extracts the final answer
-(`extract_prediction`), compares it with the ground truth (`verify_one`, run in
-a `MathVerifier` worker pool) and returns 1.0 (correct) or 0.0 (wrong, missing,
-too long, timed out or crashed). It can be selected by import path,
-``srft.math_reward:math_reward``. `math_reward_multi_box` (same signature,
-``srft.math_reward:math_reward_multi_box``) also accepts an answer split over
-several boxes (see below); `make_math_reward(multi_box)` returns one or the other.
+(`srft.answers.extract_prediction`), compares it with the ground truth
+(`verify_one`, run in a `MathVerifier` worker pool) and returns 1.0 (correct)
+or 0.0 (wrong, missing, too long, timed out or crashed). It can be selected by
+import path, ``srft.math_reward:math_reward``. `math_reward_multi_box` (same
+signature, ``srft.math_reward:math_reward_multi_box``) also accepts an answer
+split over several boxes; `make_math_reward(multi_box)` returns one or the other.
 
-Extraction rules (`extract_answer`)
------------------------------------
-- If the completion contains ``</think>``, only the text after the LAST
-  ``</think>`` is considered (the reasoning is never graded).
-- The answer is the content of the LAST ``\\boxed{...}`` or ``\\fbox{...}``
-  (whitespace allowed before the brace), matched with balanced braces: nested
-  groups (``\\boxed{\\frac{1}{2}}``) are kept, escaped braces ``\\{`` ``\\}``
-  do not count. If that last box is not closed (truncated output), the result
-  is None: an earlier, closed box is NOT used instead.
-- No box: None. There is no other fallback for math answers (no "last number"
-  heuristics), so a model must box its answer to be rewarded.
-- Multi-box option (``extract_answer(..., multi_box=True)``,
-  ``extract_prediction(..., multi_box=True)``, `math_reward_multi_box`; off by
-  default), after math-verify (`math_verify.parser.lazy_latex_regex`, which TRL
-  and LUFFY's evaluation use): starting from the last closed box, the boxes
-  immediately before it are taken too while the text between two consecutive
-  boxes is only a separator, at most 6 boxes in all (math-verify's first box +
-  5), returned in order. A separator is ``,`` ``;`` ``and`` ``or`` ``,and``
-  ``,or`` (also written ``\\text{and}`` / ``\\text{ or }``), with optional
-  spacing (whitespace, ``\\quad``, ``\\qquad``, ``\\,`` ``\\;`` ``\\:``
-  ``\\ `` ``~``) and optional math delimiters closing the box before it and
-  opening the box after it (``$`` ``$$`` ``\\(`` ``\\)`` ``\\[`` ``\\]``), at
-  most 80 characters. So ``$\\boxed{3}$ or $\\boxed{-3}$`` and
-  ``\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}`` are two-part
-  answers, while ``\\boxed{1}. Then we get \\boxed{2}`` is just ``2`` and so is
-  ``\\boxed{1} \\boxed{2}`` (no separator). Empty boxes end the list and
-  consecutive identical boxes count once. The parts are returned as one string
-  joined by `MULTI_BOX_SEP` (``"\\x1f"``, a control character that LaTeX never
-  contains and that travels to the workers unchanged; a ``\\x1f`` inside a box
-  is replaced by a space). One box gives the same string as without the option.
-  Deviations from math-verify, which is looser: it also joins boxes separated by
-  any text shorter than 10 characters (``\\boxed{1}. So \\boxed{2}``) or by any
-  text shorter than 70 characters containing ``and``/``or``/``,``/``;``
-  (``\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}``), without
-  a limit on their number (`latex2sympy2_extended`'s ``extract_boxed_content``,
-  used for boxes outside ``$..$``), and it accepts other text inside the
-  delimiters around a box (``\\( y_2 = \\boxed{..} \\)``); srft reads such
-  text as prose and keeps the last box only.
-- Multiple choice (a ground truth that is a single capital letter A-J,
-  optionally in parentheses, see `is_choice_letter`): the boxed content, or when
-  there is no box a final "answer is (X)" / "Answer: X" in the last 500
-  characters (`extract_choice`), is normalised (``\\text{}``-like wrappers,
-  ``$``, parentheses, spaces and a trailing period removed) and compared with
-  the letter; the comparison is case-insensitive for the single letter only.
-  Choice answers are compared in pure Python (no worker needed).
-- All extraction is linear in the completion length (one regex scan for box
-  openings, one scan for the braces of the last one; with the multi-box option
-  each earlier box is scanned only up to the next box's opening, so the scans
-  cover disjoint ranges, and a gap is checked only when at most 80 characters
-  long), so 100 KB of ``{`` is handled in milliseconds.
+Answer extraction (the last ``\\boxed{}`` after ``</think>``, choice letters,
+multi-box answers, normalisation) is `srft.answers`, whose docstring states its
+rules; its names are re-exported here (`extract_answer`, `extract_choice`,
+`extract_prediction`, `is_choice_letter`, `MULTI_BOX_SEP`).
 
 Verification (`verify_one`)
 ---------------------------
-Both sides go through the same normalisation and parsing: surrounding ``$..$``,
-``\\(..\\)``, ``\\[..\\]`` are removed, plain scientific notation such as
-``2.55e-10`` is rewritten as ``2.55\\times 10^{-10}`` (otherwise LaTeX reads
-``e`` as Euler's number), and the text is parsed as ``\\boxed{<answer>}`` with
-`LatexExtractionConfig` + `ExprExtractionConfig`; when that yields no sympy
-object, ``$<answer>$`` is parsed too. `math_verify.verify(gold, pred)` then
-decides (numeric, symbolic, set/interval, equation ``x=3`` vs ``3``, percent
-``50\\%`` vs ``0.5`` and vs ``50`` ...). Parses are cached per process
-(LRU), so the G completions of one prompt parse their gold once.
+Both sides go through the same normalisation (`srft.answers.normalise_answer`:
+surrounding ``$..$``, ``\\(..\\)``, ``\\[..\\]`` removed, plain scientific notation
+such as ``2.55e-10`` rewritten as ``2.55\\times 10^{-10}``) and parsing: the text is
+parsed as ``\\boxed{<answer>}`` with `LatexExtractionConfig` +
+`ExprExtractionConfig`; when that yields no sympy object, ``$<answer>$`` is
+parsed too. `math_verify.verify(gold, pred)` then decides (numeric, symbolic,
+set/interval, equation ``x=3`` vs ``3``, percent ``50\\%`` vs ``0.5`` and vs
+``50`` ...). Parses are cached per process (LRU), so the G completions of one
+prompt parse their gold once.
 `verify_one` never raises: any exception scores 0.0.
 
 A multi-box prediction is read as math-verify's ``extract_latex`` reads
@@ -119,38 +73,34 @@ Worker start
 ------------
 Each worker is ``subprocess.Popen([sys.executable, "-c", <import
 srft.math_reward and call _worker_entry>])``: a fresh interpreter that imports
-only this module (and math_verify), never the user's ``__main__`` script (as
-multiprocessing's ``spawn`` would), so plain scripts without an ``if __name__
-== "__main__":`` guard, notebooks and ``python -c`` work. Parent and worker
-talk over a ``socket.socketpair()`` (the worker's end passed with
-``pass_fds``), wrapped in `multiprocessing.connection.Connection`. The
-directory holding the ``srft`` package is put first on the worker's
-``PYTHONPATH`` (a source tree works without installing), the rest of the
-environment is inherited; the current directory is not on the worker's
-``sys.path``. stdin is ``/dev/null``, stdout/stderr are the parent's (import
-errors stay visible). A worker that cannot import math_verify reports it and
-exits, and the parent raises ``RuntimeError`` at once ("... is math-verify
-installed?"); a worker that exits during start-up without a report is retried,
-and after ``3 * num_workers`` failures in a row the parent raises with the exit
-code. Ctrl-C is ignored in workers; workers left running by an unclosed
-verifier are killed at interpreter exit.
+only this module (with `srft.answers`, its one srft import, and math_verify),
+never the user's ``__main__`` script (as multiprocessing's ``spawn`` would), so
+plain scripts without an ``if __name__ == "__main__":`` guard, notebooks and
+``python -c`` work. Parent and worker talk over a ``socket.socketpair()`` (the
+worker's end passed with ``pass_fds``), wrapped in
+`multiprocessing.connection.Connection`. The directory holding the ``srft``
+package is put first on the worker's ``PYTHONPATH`` (a source tree works
+without installing), the rest of the environment is inherited; the current
+directory is not on the worker's ``sys.path``. stdin is ``/dev/null``,
+stdout/stderr are the parent's (import errors stay visible). A worker that
+cannot import math_verify reports it and exits, and the parent raises
+``RuntimeError`` at once ("... is math-verify installed?"); a worker that exits
+during start-up without a report is retried, and after ``3 * num_workers``
+failures in a row the parent raises with the exit code. Ctrl-C is ignored in
+workers; workers left running by an unclosed verifier are killed at interpreter
+exit.
 
 Deviations / choices worth knowing
 ----------------------------------
 - Predictions longer than ``max_answer_chars`` (2,000; the longest ground truth
   of the bundled benchmarks has 210) score 0 without a worker and are counted
   in ``stats["too_long"]``. Empty predictions count as ``no_answer``.
-- Scientific-notation rewriting (above) is not part of math_verify; without it
-  minerva answers like ``3.83e35`` cannot match ``3.83\\times 10^{35}``. A
-  digit string like ``2e-1`` is therefore read as 0.2, never as 2e - 1.
-- A single capital letter A-J as ground truth is always treated as a choice
-  letter, never as a symbol.
 - The multi-box option (off by default; `math_reward_multi_box`) joins fewer
   boxes than math-verify (a separator is required, prose between boxes ends the
   list, 6 boxes at most) and, when one part does not parse, grades the plain
   comma-joined string instead of math-verify's first part or expression
-  fallback; see "Extraction rules" and "Verification". On the 60 cases of
-  math-verify's ``test_numina_cases`` / ``test_open_thoughts``
+  fallback; see "Extraction rules" in `srft.answers` and "Verification". On
+  the 60 cases of math-verify's ``test_numina_cases`` / ``test_open_thoughts``
   (``scripts/mathverify_agreement.py``) it agrees on 57 (last-box rule: 48),
   with no false positive either way.
 - ``SRFT_MATH_WORKERS`` / ``SRFT_MATH_TIMEOUT`` override the defaults (2
@@ -167,7 +117,6 @@ import atexit
 import logging
 import multiprocessing.connection as mp_connection
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -176,6 +125,17 @@ import threading
 import time
 from collections import OrderedDict, deque
 from typing import Any, Iterable, Sequence
+
+from srft.answers import (  # extract_*, is_choice_letter and MULTI_BOX_SEP are re-exported
+    MULTI_BOX_SEP,
+    choice_score,
+    extract_answer,
+    extract_choice,
+    extract_prediction,
+    is_choice_letter,
+    multi_box_parts,
+    normalise_answer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,182 +159,9 @@ CRASH_HOOK_PREDICTION = "__srft_test_crash_worker__"
 HANG_HOOK_PREDICTION = "__srft_test_hang_worker__"
 
 MAX_ANSWER_CHARS = 2000
-CHOICE_TAIL_CHARS = 500
 STAT_KEYS = ("total", "correct", "no_answer", "too_long", "timeouts", "soft_timeouts", "crashes", "restarts")
 
-# --------------------------------------------------------------------------- extraction
-
-_THINK_END = "</think>"
-_BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BRACE_RE = re.compile(r"\\.|[{}]", re.S)
-
-# multi-box answers (`extract_answer(..., multi_box=True)`): the parts are joined by a
-# control character that LaTeX answers never contain (it is pickled unchanged to workers)
-MULTI_BOX_SEP = "\x1f"
-MULTI_BOX_MAX = 6  # math-verify: a first box and up to 5 more
-MULTI_BOX_MAX_GAP = 80  # characters between two boxes of one answer, at most
-# spacing between boxes: whitespace, \quad, \qquad, \, \; \: \<space>, ~
-_GAP_SPACE_RE = re.compile(r"(?:\s|\\q?quad(?![A-Za-z])|\\[,;: ]|~)+")
-# after spacing is collapsed to one space: [closing delimiter] separator [opening delimiter]
-_BOX_GAP_RE = re.compile(
-    r" ?(?:\$\$?|\\[)\]])? ?"
-    r"(?:[,;]|(?:, ?)?(?:and|or|\\(?:text|textrm|mathrm|mbox) ?\{ ?(?:and|or) ?\}))"
-    r" ?(?:\$\$?|\\[(\[])? ?"
-)
-
-
-def _after_think(text: str) -> str:
-    i = text.rfind(_THINK_END)
-    return text if i < 0 else text[i + len(_THINK_END):]
-
-
-def _box_end(text: str, start: int, end: int) -> int | None:
-    """Index of the brace closing a box whose content starts at `start`, searching text[start:end]."""
-    depth = 1
-    for m in _BRACE_RE.finditer(text, start, end):
-        tok = m.group()
-        if tok == "{":
-            depth += 1
-        elif tok == "}":
-            depth -= 1
-            if depth == 0:
-                return m.start()
-    return None  # unbalanced
-
-
-def _is_box_gap(gap: str) -> bool:
-    """True when the text between two boxes is only a list separator (see "Extraction rules")."""
-    if len(gap) > MULTI_BOX_MAX_GAP:
-        return False
-    return _BOX_GAP_RE.fullmatch(_GAP_SPACE_RE.sub(" ", gap)) is not None
-
-
-def extract_answer(completion: str, multi_box: bool = False) -> str | None:
-    """Content of the last ``\\boxed{}``/``\\fbox{}`` after the last ``</think>``.
-
-    None when there is no box or the last box is not closed. With `multi_box`,
-    the closed boxes immediately before it that are separated only by a list
-    separator (``,`` ``;`` ``and`` ``or`` ..., see the module docstring) are
-    taken too, at most `MULTI_BOX_MAX` boxes, and returned in order joined by
-    `MULTI_BOX_SEP`. Linear time.
-    """
-    if not isinstance(completion, str):
-        return None
-    text = _after_think(completion)
-    opens: deque[re.Match] = deque(maxlen=MULTI_BOX_MAX)
-    for m in _BOX_OPEN_RE.finditer(text):
-        opens.append(m)
-    if not opens:
-        return None
-    last = opens.pop()
-    close = _box_end(text, last.end(), len(text))
-    if close is None:
-        return None
-    answer = text[last.end():close].strip().replace(MULTI_BOX_SEP, " ")
-    if not multi_box or not answer:
-        return answer
-    parts = [answer]
-    nxt = last.start()  # start of the box after the candidate
-    while opens and len(parts) < MULTI_BOX_MAX:
-        o = opens.pop()
-        # the candidate must close before the next box starts: each scan covers
-        # text[o.end():nxt], and these ranges do not overlap, so the walk stays linear
-        close = _box_end(text, o.end(), nxt)
-        if close is None or not _is_box_gap(text[close + 1:nxt]):
-            break
-        part = text[o.end():close].strip().replace(MULTI_BOX_SEP, " ")
-        if not part:
-            break
-        if part != parts[-1]:  # consecutive duplicates collapse, as in math-verify
-            parts.append(part)
-        nxt = o.start()
-    return MULTI_BOX_SEP.join(reversed(parts))
-
-
-_CHOICE_GOLD_RE = re.compile(r"\s*(?:\(\s*([A-J])\s*\)|([A-J]))\s*")
-_CHOICE_TAIL_RE = re.compile(
-    r"(?i:answer)(?:\s+(?i:is))?\s*[:：]?\s*(?:\*\*)?\s*(?:\$\s*)?(?:\\text\s*\{\s*)?\(?\s*([A-J])\s*\)?(?![\w])"
-)
-_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mathit|mbox)\s*\{(.*)\}", re.S)
-
-
-def is_choice_letter(gold: Any) -> bool:
-    """True for a multiple-choice ground truth: one capital letter A-J, optionally in parentheses."""
-    return isinstance(gold, str) and _CHOICE_GOLD_RE.fullmatch(gold) is not None
-
-
-def _gold_letter(gold: str) -> str:
-    m = _CHOICE_GOLD_RE.fullmatch(gold)
-    assert m is not None
-    return m.group(1) or m.group(2)
-
-
-def _normalise_choice(pred: str) -> str | None:
-    """``\\text{(b).}`` -> ``B``; None when the prediction is not a single letter."""
-    s = pred.strip()
-    for _ in range(8):
-        prev = s
-        m = _TEXT_WRAP_RE.fullmatch(s)
-        if m:
-            s = m.group(1)
-        s = s.strip().strip("$").strip()
-        if s.endswith("."):
-            s = s[:-1]
-        if s.startswith("(") and s.endswith(")"):
-            s = s[1:-1]
-        s = s.strip()
-        if s == prev:
-            break
-    s = s.replace(" ", "")
-    if len(s) == 1 and s.upper() in "ABCDEFGHIJ":
-        return s.upper()
-    return None
-
-
-def _choice_score(pred: str, gold: str) -> float:
-    pred = pred.rsplit(MULTI_BOX_SEP, 1)[-1]  # choice answers keep the last-box rule
-    return 1.0 if _normalise_choice(pred) == _gold_letter(gold) else 0.0
-
-
-def extract_choice(completion: str) -> str | None:
-    """Letter of a final "answer is (X)" / "Answer: X" in the last 500 characters (after ``</think>``)."""
-    if not isinstance(completion, str):
-        return None
-    tail = _after_think(completion)[-CHOICE_TAIL_CHARS:]
-    letter = None
-    for m in _CHOICE_TAIL_RE.finditer(tail):
-        letter = m.group(1)
-    return letter
-
-
-def extract_prediction(completion: Any, gold: Any, multi_box: bool = False) -> str | None:
-    """The prediction to grade: the last box (with `multi_box`, the boxes of a list
-    ending with it, see `extract_answer`), or for a choice gold the "answer is (X)"
-    fallback. Choice golds always use the last box alone."""
-    text = _completion_text(completion)
-    choice = is_choice_letter(gold)
-    pred = extract_answer(text, multi_box=multi_box and not choice)
-    if pred is None and choice:
-        pred = extract_choice(text)
-    return pred
-
-
-def _completion_text(completion: Any) -> str:
-    """A completion as text: a string, or TRL's conversational form (list of messages)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, (list, tuple)):
-        return "".join(_completion_text(m) for m in completion)
-    return "" if completion is None else str(completion)
-
-
 # --------------------------------------------------------------------------- verification
-
-_SCI_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
-_MATH_ENV_RE = re.compile(r"\$\$?(.*?)\$\$?|\\\((.*?)\\\)|\\\[(.*?)\\\]", re.S)
-_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 
 _CONFIGS = None
 
@@ -382,20 +169,11 @@ _CONFIGS = None
 def _configs():
     global _CONFIGS
     if _CONFIGS is None:
+        # heavy (sympy) and optional: deferred until the first verification
         from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
         _CONFIGS = [LatexExtractionConfig(), ExprExtractionConfig()]
     return _CONFIGS
-
-
-def _normalise_answer(s: str) -> str:
-    s = s.strip()
-    m = _MATH_ENV_RE.fullmatch(s)
-    if m:
-        inner = next(g for g in m.groups() if g is not None)
-        if not _UNESCAPED_DOLLAR_RE.search(inner):
-            s = inner.strip()
-    return _SCI_RE.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2).lstrip('+')}}}", s)
 
 
 _PARSE_CACHE: OrderedDict[str, tuple] = OrderedDict()
@@ -414,10 +192,11 @@ def _parse_answer(s: str, op_timeout: int | None) -> tuple:
         if hit is not None:
             _PARSE_CACHE.move_to_end(s)
             return hit
+    # heavy and optional: math_verify and sympy load on the first parse, not at import
     from math_verify import parse
     from sympy import Basic, MatrixBase
 
-    text = _normalise_answer(s)
+    text = normalise_answer(s)
     if not text:
         return ()
     res = list(parse("\\boxed{" + text + "}", extraction_config=_configs(), parsing_timeout=op_timeout))
@@ -441,7 +220,7 @@ def _parse_multi(parts: list[str], op_timeout: int | None) -> tuple:
     then matches it by string equality alone, which is math-verify's own last resort
     for boxes whose joined content does not parse. It is not parsed again: the
     expression fallback would read ``1,?`` as 1 and reward an incomplete answer."""
-    from sympy import Basic, FiniteSet, MatrixBase
+    from sympy import Basic, FiniteSet, MatrixBase  # heavy: deferred until a multi-box answer is parsed
 
     joined = ",".join(parts)
     elements: list = []
@@ -472,15 +251,15 @@ def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5
         if not pred.replace(MULTI_BOX_SEP, "").strip() or not gold.strip():
             return 0.0
         if is_choice_letter(gold):
-            return _choice_score(pred, gold)
+            return choice_score(pred, gold)
         if op_timeout is not None and threading.current_thread() is not threading.main_thread():
             op_timeout = None  # signal.alarm only works on the main thread
-        from math_verify import verify
+        from math_verify import verify  # heavy and optional: deferred until the first verification
 
         g = _parse_answer(gold, op_timeout)
         if not g:
             return 0.0
-        parts = [q for q in pred.split(MULTI_BOX_SEP) if q.strip()]
+        parts = multi_box_parts(pred)
         p = _parse_multi(parts, op_timeout) if len(parts) > 1 else _parse_answer(parts[0], op_timeout)
         if not p:
             return 0.0
@@ -527,6 +306,7 @@ def _worker_entry(fd: int, op_timeout: int) -> None:
 def _worker_main(conn, op_timeout: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     try:
+        # optional: imported here so that a worker reports a missing math-verify to its parent
         import math_verify  # noqa: F401
     except BaseException as e:  # ImportError, or anything math_verify's own imports raise
         try:
@@ -726,7 +506,7 @@ class MathVerifier:
                 elif not g.strip():
                     pass
                 elif is_choice_letter(g):
-                    out[i] = _choice_score(p, g)
+                    out[i] = choice_score(p, g)
                 else:
                     todo.append(i)
             if todo:
@@ -885,7 +665,7 @@ def math_reward_multi_box(prompts: Iterable[Any], completions: Sequence[Any], an
                           **columns: Any) -> list[float]:
     """`math_reward` with multi-box answers: ``\\boxed{1}, \\boxed{2}`` is read as the set {1, 2}.
 
-    See "Extraction rules" in the module docstring. Import path
+    See "Extraction rules" in `srft.answers`. Import path
     ``srft.math_reward:math_reward_multi_box``.
     """
     return _math_reward(completions, answer, columns, multi_box=True)

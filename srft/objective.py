@@ -121,6 +121,7 @@ def _weight(entropy_at: torch.Tensor, mode: str, coef: float, sign: float) -> to
     return L.entropy_weight(entropy_at, coef, sign)
 
 
+# Over 60 lines on purpose: the whole objective (Eq. 8-13 and every switch a preset sets) reads in one place.
 def compute_loss(x: LossInputs, norms: Normalizers, cfg, mu: Optional[float] = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The objective for one micro-batch. `cfg` is an `srft.config.ObjectiveConfig`; `mu` is

@@ -58,6 +58,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from srft.benchmarks import by_source, load_problems, shuffle_options
+from srft.config import EvalConfig, ModelConfig, RolloutConfig
+from srft.distributed import Dist
+from srft.evaluation import evaluate
+from srft.math_reward import make_math_reward
+from srft.models import load_model_and_tokenizer
+from srft.rollout import make_engine
+
 ID_SOURCES = ("aime", "amc", "math", "minerva", "olympiad_bench")
 OOD_SOURCES = ("arc_c", "gpqa_diamond", "mmlu_pro")
 SOURCES = {  # canonical name -> (display name, aliases)
@@ -134,8 +142,6 @@ def load_protocol_sets(files: list, protocol: Protocol, limit: Optional[int] = N
 
     system_prompt: "file" (keep the files' system messages), "drop" (remove them), or a text
     (replace every system message with it)."""
-    from srft.benchmarks import by_source, load_problems, shuffle_options
-
     problems, origin = [], {}
     for f in files:
         for s, ps in by_source(load_problems(f, limit, seed=seed)).items():
@@ -193,11 +199,6 @@ def run_protocol(model, tokenizer, sets: dict[str, list[dict]], protocol: Protoc
                  log: Callable[[str], None] = print) -> dict:
     """Evaluate every source with the protocol's settings (`overrides`: temperature, top_p,
     max_new_tokens, k for all sources); finished sources in `out_dir/sources` are kept."""
-    from srft.config import EvalConfig
-    from srft.distributed import Dist
-    from srft.evaluation import evaluate
-    from srft.math_reward import make_math_reward
-
     dist = dist or Dist()
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     done_dir = out_dir / "sources" if out_dir else None
@@ -308,11 +309,6 @@ def format_protocol_table(summary: dict) -> str:
 def run_protocol_from_args(args, overrides: dict) -> int:
     """`srft eval --protocol NAME`: load, evaluate (resuming), print and write the table."""
     from accelerate import Accelerator
-
-    from srft.config import ModelConfig, RolloutConfig
-    from srft.distributed import Dist
-    from srft.models import load_model_and_tokenizer
-    from srft.rollout import make_engine
 
     protocol = get_protocol(args.protocol)
     if not args.benchmark:

@@ -9,10 +9,11 @@ import pytest
 
 from srft.cli import main
 from srft.config import Config, apply_overrides
-from srft.experiment import QUICK_PRESETS, QUICK_SEEDS, parse_presets, steps_to_reach, summarize
+from srft.experiment import QUICK_PRESETS, QUICK_SEEDS, parse_presets, summarize
 from srft.metrics import read_metrics
 from srft.objective import SRFT_ABLATIONS, get_preset
 from srft.stages import stage_configs, stage_steps
+from srft.stats import steps_to_reach
 
 
 def test_quick_grid_end_to_end(tiny_model_dir, tmp_path, capsys):
@@ -160,7 +161,8 @@ def test_summary_mean_std_by_hand():
 
 def test_claim_verdicts_by_hand():
     """Each claim's verdict by its rule, on numbers worked out by hand."""
-    from srft.experiment import claim_verdicts, entropy_ratio, interval_verdict
+    from srft.experiment import claim_verdicts, entropy_ratio
+    from srft.stats import interval_verdict
 
     assert [interval_verdict(lo, hi) for lo, hi in ((0.5, 3.0), (-3.0, -0.1), (-1.0, 2.0))] == \
         ["holds", "fails", "not distinguishable"]
@@ -195,7 +197,8 @@ def test_claim_verdicts_by_hand():
 
 
 def test_welch_t_by_hand():
-    from srft.experiment import compare_to, welch_t
+    from srft.experiment import compare_to
+    from srft.stats import welch_t
 
     # means 60 and 50, stds 10 and 20, n = 4: se = sqrt((100 + 400) / 4) = 11.18
     assert welch_t(60, 10, 50, 20, 4) == pytest.approx(10 / 11.180339887)
@@ -239,7 +242,7 @@ def test_learning_rate_selection_on_a_tiny_grid(tiny_model_dir, tmp_path):
 
 
 def test_welch_interval_by_hand():
-    from srft.experiment import t975, welch_interval
+    from srft.stats import t975, welch_interval
 
     d, lo, hi, df = welch_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     # var([1,2,3]) / 3 = 1/3; the zero-variance sample adds nothing: df = 2, t = 4.303

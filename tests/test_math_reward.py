@@ -14,15 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srft import math_reward as mr
+from srft.answers import extract_answer, extract_choice, extract_prediction, is_choice_letter
 from srft.math_reward import (
     CRASH_HOOK_ENV,
     CRASH_HOOK_PREDICTION,
     HANG_HOOK_PREDICTION,
     MathVerifier,
-    extract_answer,
-    extract_choice,
-    extract_prediction,
-    is_choice_letter,
     math_reward,
     verify_one,
 )

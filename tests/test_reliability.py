@@ -323,7 +323,8 @@ def test_pickle_weights_load_only_when_allowed(tiny_model_dir, tmp_path):
 
 def test_model_output_is_never_run_as_code(tmp_path):
     """Hostile completions go through both verifiers as text; no srft module calls eval / exec / compile."""
-    from srft.math_reward import extract_answer, verify_one
+    from srft.answers import extract_answer
+    from srft.math_reward import verify_one
     from srft.testbed.tasks import score
 
     marker = tmp_path / "PWNED"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from srft.testbed_check import evaluate_preconditions
+from srft.testbed.check import evaluate_preconditions
 from srft.testbed.tasks import TESTBED_VERSION
 
 BASE = {"share": {"direct": 0.7, "worked": 0.3, "think": 0.0},

@@ -26,6 +26,14 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from srft.config import EvalConfig, ModelConfig
+from srft.evaluation import evaluate
+from srft.experiment import run_grid, select_learning_rates
+from srft.models import load_model_and_tokenizer
+from srft.rollout import make_engine
+from srft.rollout.base import SamplingParams, derive_seed
+from srft.testbed.tasks import ID_TEST, TESTBED_VERSION, build_splits, chain_sum_reward, response_style, score
+
 THRESHOLDS = {"worked_share": 0.05, "ood_base": 0.10, "grpo_gain": 5.0, "sft_gain": 10.0, "seed_std": 5.0}
 CHECKED_METHODS = ("grpo", "sft", "srft")
 
@@ -33,17 +41,10 @@ CHECKED_METHODS = ("grpo", "sft", "srft")
 def base_preconditions(model_dir: Optional[str] = None, k: int = 4, limit: int = 200, seed: int = 0,
                        batch_size: int = 512, log=print) -> dict:
     """Sample the base model on in-distribution prompts and evaluate it greedily on every set."""
-    from srft.config import EvalConfig, ModelConfig
-    from srft.evaluation import evaluate
-    from srft.models import load_model_and_tokenizer
-    from srft.rollout.base import SamplingParams, derive_seed
-    from srft.rollout.hf import HFRolloutEngine, stop_token_ids
-    from srft.testbed.tasks import ID_TEST, build_splits, chain_sum_reward, response_style, score
-
     model, tok, path = load_model_and_tokenizer(model_dir or "testbed", ModelConfig(), log=log)
     splits = build_splits(0)
     rows = splits.test[ID_TEST][:limit]
-    engine = HFRolloutEngine(model, tok.pad_token_id, stop_token_ids(model, tok), batch_size)
+    engine = make_engine("hf", model, tok, batch_size=batch_size)
     ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows for _ in range(k)]
     seeds = [derive_seed(seed, "testbed-check", i, j) for i in range(len(rows)) for j in range(k)]
     out = engine.generate(ids, SamplingParams(max_new_tokens=48, temperature=1.0), seed=seeds)
@@ -69,8 +70,6 @@ def base_preconditions(model_dir: Optional[str] = None, k: int = 4, limit: int =
 def training_preconditions(root: Path, seeds: list[int], jobs: int = 1, log=print) -> dict:
     """GRPO, SFT and SRFT at their selected learning rates, over `seeds`: the gain of each over the
     base model and the spread over seeds (runs kept under root)."""
-    from srft.experiment import run_grid, select_learning_rates
-
     lrs = select_learning_rates(list(CHECKED_METHODS), root / "lr-selection", jobs=jobs, log=log)
     grid = run_grid(list(CHECKED_METHODS), seeds, root, jobs=jobs, log=log,
                     per_preset={p: {"optim.lr": lrs[p]["lr"]} for p in CHECKED_METHODS})
@@ -125,8 +124,6 @@ def run_check(output_dir: Path, quick: bool, seeds: list[int], jobs: int, log=pr
               model_dir: Optional[str] = None) -> int:
     """`model_dir`: another base model to check (default: the testbed's own; with --quick only,
     since the training rows train the testbed's)."""
-    from srft.testbed.tasks import TESTBED_VERSION
-
     if model_dir and not quick:
         raise ValueError("--model: only with --quick (the training preconditions train the testbed's base model)")
     output_dir.mkdir(parents=True, exist_ok=True)
