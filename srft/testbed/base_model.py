@@ -144,19 +144,10 @@ def pretraining_corpus(seed: int = 0, worked_max_terms: int = 4, slip_rate: floa
             "qa_worked": qa_worked, "mc": mc}
 
 
-def build_base_model(
-    out_dir: Optional[Path] = None, cfg: Optional[BasePretrainConfig] = None, log=print
-) -> Path:
-    """Pretrain the base model and save it (safetensors) to `out_dir`."""
-    import torch
+def _new_model(cfg: BasePretrainConfig, tok):
+    """A freshly initialised Qwen2 causal LM of cfg's size for the tokenizer `tok`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = cfg or BasePretrainConfig()
-    out_dir = Path(out_dir) if out_dir else base_model_dir(cfg.seed)
-    t0 = time.time()
-    tok = build_tokenizer()
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     mconf = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=cfg.hidden_size,
@@ -170,18 +161,23 @@ def build_base_model(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = Qwen2ForCausalLM(mconf)
-    n_params = sum(p.numel() for p in model.parameters())
-    corpus = pretraining_corpus(cfg.seed, cfg.worked_max_terms, cfg.worked_slip_rate, cfg.worked_flaw_rate)
-    kinds = ["facts", "qa2", "qa3", "qa4", "calc", "qa_worked", "mc"]
-    weights = [cfg.frac_facts, cfg.frac_qa2, cfg.frac_qa3, cfg.frac_qa4, cfg.frac_calc, cfg.frac_qa_worked,
-               cfg.frac_mc]
+    return Qwen2ForCausalLM(mconf)
+
+
+def _optimizer(model, cfg: BasePretrainConfig):
+    """AdamW and its warm-up + cosine learning-rate schedule, as (opt, sched)."""
+    import torch
+
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * max(0.05, 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     )
-    model.train()
-    log(f"[srft] pretraining the testbed base model ({n_params / 1e6:.2f}M params, {cfg.steps} steps)")
+    return opt, sched
+
+
+def _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg: BasePretrainConfig) -> None:
+    """Run cfg.steps optimiser steps, each on a batch of packed documents drawn from the corpus with `rng`."""
+    import torch
     from tqdm.auto import tqdm
 
     bar = tqdm(range(cfg.steps), desc="pretrain base", disable=None)
@@ -198,7 +194,10 @@ def build_base_model(
         opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
+
+
+def _save_base_model(out_dir: Path, model, tok, cfg: BasePretrainConfig, n_params: int, t0: float) -> None:
+    """Write model, tokenizer and srft_testbed.json to a temporary folder, then rename it to `out_dir`."""
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -212,6 +211,32 @@ def build_base_model(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def build_base_model(
+    out_dir: Optional[Path] = None, cfg: Optional[BasePretrainConfig] = None, log=print
+) -> Path:
+    """Pretrain the base model and save it (safetensors) to `out_dir`."""
+    import torch
+
+    cfg = cfg or BasePretrainConfig()
+    out_dir = Path(out_dir) if out_dir else base_model_dir(cfg.seed)
+    t0 = time.time()
+    tok = build_tokenizer()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = _new_model(cfg, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    corpus = pretraining_corpus(cfg.seed, cfg.worked_max_terms, cfg.worked_slip_rate, cfg.worked_flaw_rate)
+    kinds = ["facts", "qa2", "qa3", "qa4", "calc", "qa_worked", "mc"]
+    weights = [cfg.frac_facts, cfg.frac_qa2, cfg.frac_qa3, cfg.frac_qa4, cfg.frac_calc, cfg.frac_qa_worked,
+               cfg.frac_mc]
+    opt, sched = _optimizer(model, cfg)
+    model.train()
+    log(f"[srft] pretraining the testbed base model ({n_params / 1e6:.2f}M params, {cfg.steps} steps)")
+    _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg)
+    model.eval()
+    _save_base_model(out_dir, model, tok, cfg, n_params, t0)
     log(f"[srft] base model saved to {out_dir} ({time.time() - t0:.0f}s)")
     return out_dir
 
