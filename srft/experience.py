@@ -56,9 +56,9 @@ class ExperienceMaker:
         timings["time/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         samples, prompts, texts, rows = self._assemble(exs, gen)
-        n_none = self._score(samples, prompts, texts, rows, step)
+        n_none, gated = self._score(samples, prompts, texts, rows, step)
         timings["time/reward"] = time.perf_counter() - t0
-        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none)}
+        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated)}
         if self.cfg.train.save_rollouts:
             self.dump_rollouts(samples, idx, step)
         return samples, info
@@ -106,11 +106,13 @@ class ExperienceMaker:
             rows += [ex] * n
         return samples, prompts, texts, rows
 
-    def _score(self, samples: list[Sample], prompts: list, texts: list[str], rows: list[Example], step: int) -> int:
-        """Rewards, advantages and the gate of the objective, set on the samples; returns how many
-        rewards were None (scored 0)."""
+    def _score(self, samples: list[Sample], prompts: list, texts: list[str], rows: list[Example],
+                step: int) -> tuple[int, bool]:
+        """Rewards, advantages and the objective's gate, set on the samples; returns how many
+        rewards were None (scored 0) and whether the objective gates samples."""
+        gated = objective.gates_samples(self.cfg.objective)
         if not samples:
-            return 0
+            return 0, gated
         keys = sorted({k for ex in rows for k in ex.columns})
         columns = {k: [ex.columns.get(k) for ex in rows] for k in keys}
         state = RewardState(global_step=step, max_steps=self.cfg.train.max_steps)
@@ -123,14 +125,15 @@ class ExperienceMaker:
         active = objective.sample_gate(self.cfg.objective, rewards, groups, is_demo)
         for s, on in zip(samples, active or []):
             s.active = on
-        return n_none
+        return n_none, gated
 
-    def _statistics(self, samples: list[Sample], exs, finished: list[bool], n_none: int) -> dict[str, float]:
-        """The step's reward, length and group metrics over every rank (docs/metrics.md)."""
+    def _statistics(self, samples: list[Sample], exs, finished: list[bool], n_none: int,
+                    gated: bool) -> dict[str, float]:
+        """The step's reward, length and group metrics over every rank (docs/metrics.md); with a
+        gate, the share of prompts whose demonstrations enter the loss (gate/sft_share)."""
         roll = [s for s in samples if not s.is_demo]
         demo = [s for s in samples if s.is_demo]
         zero_groups = sum(1 for g, _ in exs if len({s.reward for s in samples if s.group == g}) <= 1)
-        gated = self.cfg.objective.sft_gate is not None
         n_sft_groups = float(len({s.group for s in demo if s.active})) if gated and samples else 0.0
         # global statistics: one all-reduce of sums and counts, one of maxima
         (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g) = self.dist.sum([

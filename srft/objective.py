@@ -214,11 +214,16 @@ def advantages(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]
                               cfg.adv_std_norm)
 
 
+def gates_samples(cfg) -> bool:
+    """Whether the objective leaves some samples out of the loss (`sample_gate`)."""
+    return cfg.sft_gate is not None
+
+
 def sample_gate(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]) -> Optional[list[bool]]:
     """Which samples enter the loss (HPT's per-prompt switch, `cfg.sft_gate`: SFT on the
     demonstration when at most sft_gate rollouts are correct, else RL on the rollouts); None when
     the objective has no gate (every sample enters)."""
-    if cfg.sft_gate is None or not rewards:
+    if not gates_samples(cfg) or not rewards:
         return None
     return L.gate_groups(torch.tensor([r >= 1.0 for r in rewards]), torch.tensor(groups), torch.tensor(is_demo),
                          cfg.sft_gate).tolist()
@@ -255,7 +260,7 @@ def loss_inputs(cfg, logprobs: torch.Tensor, entropy: torch.Tensor, old_logprobs
     dev = logprobs.device
     mu = batch["sampler_logprobs"].to(dev)
     w_is = L.truncated_is_weight(old_logprobs, mu, is_cap) if is_cap is not None else None
-    active = batch["active"].to(dev) if cfg.sft_gate is not None else None
+    active = batch["active"].to(dev) if gates_samples(cfg) else None
     return LossInputs(logprobs, entropy, old_logprobs, batch["advantages"].to(dev), batch["mask"].to(dev),
                       batch["is_demo"].to(dev), w_is, active)
 
