@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import srft.trainer as trainer_mod
+import srft.update as update_mod
 from srft.cli import main
 from srft.config import Config, ModelConfig, apply_overrides
 from srft.metrics import read_metrics
@@ -53,10 +53,10 @@ def tiny_cfg(model_dir, out, **over) -> Config:
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Steps (1-based) whose loss is made NaN, through srft.objective.compute_loss as the trainer calls it."""
+    """Steps (1-based) whose loss is made NaN, through srft.objective.compute_loss as the update calls it."""
     steps: set[int] = set()
     state = {"trainer": None}
-    real = trainer_mod.compute_loss
+    real = update_mod.compute_loss
 
     def nan_loss(*a, **k):
         loss, mets = real(*a, **k)
@@ -65,7 +65,7 @@ def poison(monkeypatch):
             return loss, {**mets, "loss/total": loss.detach()}
         return loss, mets
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", nan_loss)
+    monkeypatch.setattr(update_mod, "compute_loss", nan_loss)
     return steps, state
 
 
@@ -241,7 +241,9 @@ def test_early_validation_exits_2_before_data_or_model_load(case, tiny_model_dir
     import importlib.util
 
     import srft.data
+    import srft.eval_sets
     import srft.models
+    import srft.run_inputs
     import srft.trainer
     from srft.rollout import vllm_engine
 
@@ -250,8 +252,8 @@ def test_early_validation_exits_2_before_data_or_model_load(case, tiny_model_dir
 
     for mod in (srft.models, srft.trainer):
         monkeypatch.setattr(mod, "load_model_and_tokenizer", must_not_run)
-    monkeypatch.setattr(srft.trainer, "load_rows", must_not_run)
-    monkeypatch.setattr(srft.data, "load_rows", must_not_run)
+    for mod in (srft.data, srft.run_inputs, srft.eval_sets):  # every module that reads rows
+        monkeypatch.setattr(mod, "load_rows", must_not_run)
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
