@@ -33,10 +33,12 @@ export ACCELERATE_USE_CPU=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TOKENIZERS_P
 export SRFT_CACHE="${SRFT_CACHE:-$HOME/.cache/srft}"
 SMALL=(--train.prompts_per_step 16 --eval.limit 40 --train.eval_every 0)
 
-# run TREE NAME ARGS...: srft with TREE's package, in WORK/TREE-NAME (tree: old or new)
-srft_in() {
-  local tree="$1"; shift
-  local src; if [ "$tree" = old ]; then src="$OLD_TREE"; else src="$REPO"; fi
+tree_src() {  # tree_src TREE: the folder holding the package of TREE (old or new)
+  if [ "$1" = old ]; then echo "$OLD_TREE"; else echo "$REPO"; fi
+}
+
+srft_in() {  # srft_in TREE ARGS...: the srft command with TREE's package
+  local src; src="$(tree_src "$1")"; shift
   (cd "$src" && PYTHONPATH="$src" "$PY" -m srft.cli "$@")
 }
 
@@ -61,7 +63,7 @@ run_killed() {  # run_killed NAME ARGS...: killed after the step-4 checkpoint, t
   local name="$1"; shift
   for tree in old new; do
     local out="$WORK/$tree-$name" src
-    if [ "$tree" = old ]; then src="$OLD_TREE"; else src="$REPO"; fi
+    src="$(tree_src "$tree")"
     if keep_old "$tree" "$out"; then continue; fi
     rm -rf "$out"
     echo "[same_results] $tree: $name (SIGKILL after the step-4 checkpoint, then --resume)" >&2
@@ -98,7 +100,7 @@ run_ddp() {  # run_ddp NAME ARGS...: 2 processes through torchrun
 
 # which package each tree imports (PYTHONPATH must win over the editable install)
 for tree in old new; do
-  src="$OLD_TREE"; [ "$tree" = new ] && src="$REPO"
+  src="$(tree_src "$tree")"
   got=$(cd "$src" && PYTHONPATH="$src" "$PY" -c 'import srft, os; print(os.path.dirname(os.path.dirname(srft.__file__)))')
   [ "$got" = "$src" ] || { echo "[same_results] $tree tree imports srft from $got, not $src" >&2; exit 2; }
 done

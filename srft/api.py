@@ -27,7 +27,7 @@ import copy
 import dataclasses
 from typing import Any, Callable, Optional, Sequence, Union
 
-from srft.config import Config, apply_preset
+from srft.config import Config
 from srft.run_inputs import prepare_run
 from srft.stages import is_staged, run_stages
 from srft.trainer import Trainer
@@ -83,13 +83,12 @@ class SRFTTrainer:
         """Train; returns the run's summary (steps, final model folder, evaluation). The run's inputs
         (config with its preset, rewards, data, evaluation sets) are checked and built before the
         model loads (`srft.run_inputs.prepare_run`)."""
-        cfg, _ = apply_preset(self.args)
-        if is_staged(cfg):
+        if is_staged(self.args):  # (the preset's name decides; run_stages applies its values)
             if self.model is not None:
-                raise ValueError(f"preset {cfg.train.preset!r} runs in stages, each loading the previous stage's "
-                                 f"folder: give the model as a folder, not an object")
-            return run_stages(cfg, log=self.log)
-        inputs = prepare_run(cfg, model_given=self.model is not None)
+                raise ValueError(f"preset {self.args.train.preset!r} runs in stages, each loading the previous "
+                                 f"stage's folder: give the model as a folder, not an object")
+            return run_stages(self.args, log=self.log)
+        inputs = prepare_run(self.args, model_given=self.model is not None)
         return Trainer(inputs.cfg, log=self.log, model=self.model, tokenizer=self.processing_class,
                        inputs=inputs).train()
 

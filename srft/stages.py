@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from srft.checkpoint import latest_checkpoint
-from srft.config import Config, apply_overrides, flatten, save_config, to_dict
+from srft.config import Config, apply_overrides, apply_preset, flatten, save_config, to_dict
 from srft.distributed import launched_rank
 from srft.presets import get_preset
 from srft.run_dir import finish_run, refuse_used_output_dir
@@ -103,6 +103,7 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
     `train.resume` (the run folder), finished stages are kept and the unfinished one
     continues from its newest checkpoint (see `srft.trainer.Trainer`)."""
     trainer_cls = trainer_cls or Trainer
+    cfg, _ = apply_preset(cfg)  # a config made in Python gets its preset's values (a no-op from the CLI)
     out = Path(cfg.train.output_dir)
     resume = bool(cfg.train.resume)
     refuse_used_output_dir(cfg)
