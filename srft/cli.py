@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import sys
 import time
@@ -29,7 +30,8 @@ from pathlib import Path
 from srft import experiment, prepare
 from srft.analyses import commands as analyses
 from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
-from srft.config import Config, EvalConfig, ModelConfig, add_config_flags, apply_overrides, resolve_config
+from srft.config import (TRL_NAMES, Config, EvalConfig, ModelConfig, add_config_flags, apply_overrides,
+                         resolve_config)
 from srft.distributed import launched_rank
 from srft.errors import TrainingError
 from srft.evaluation import evaluate, format_table, testbed_eval_sets
@@ -176,8 +178,43 @@ def _add_eval_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+class StrictParser(argparse.ArgumentParser):
+    """argparse without prefix matching (`--max-step` is not taken for `--max-steps`), whose
+    subcommands refuse unknown flags themselves: the error shows the subcommand's usage and the
+    closest flag names (and where a TRL setting lives here), exit 2. Every subparser is one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        unknown = [a for a in extras if a.startswith("-")]
+        if unknown and " " in self.prog:  # a subcommand: say it here, with its usage
+            flags: dict[str, str] = {}
+            for o in (o for a in self._actions for o in a.option_strings if o.startswith("--")):
+                flags.setdefault("--" + o[2:].replace("-", "_"), o)
+            hints = [f"{u.split('=', 1)[0]}{_flag_hint(u.split('=', 1)[0], flags)}" for u in unknown]
+            self.error(f"unrecognized arguments: {'; '.join(hints)}")
+        return ns, extras
+
+
+def _flag_hint(flag: str, flags: dict[str, str]) -> str:
+    """" (did you mean --a or --b?)": where a TRL setting lives here, then the closest flags
+    (`flags`: the subcommand's flags by their underscored names)."""
+    hits = []
+    name = flag.lstrip("-").replace("-", "_")
+    trl = difflib.get_close_matches(name, list(TRL_NAMES), n=1, cutoff=0.8)
+    if trl and "--" + TRL_NAMES[trl[0]] in flags:
+        hits.append(flags["--" + TRL_NAMES[trl[0]]])
+    for h in difflib.get_close_matches("--" + name, list(flags), n=3, cutoff=0.6):
+        if flags[h] not in hits:
+            hits.append(flags[h])
+    return f" (did you mean {' or '.join(hits)}?)" if hits else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="srft", description="Supervised Reinforcement Fine-Tuning (SRFT) and baselines.")
+    p = StrictParser(prog="srft", description="Supervised Reinforcement Fine-Tuning (SRFT) and baselines.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
         "train", help="train (default: SRFT on the built-in testbed)",

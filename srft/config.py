@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -387,6 +388,78 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "preset_applied"]
 
+# Names users bring from TRL's GRPOConfig / SFTConfig (and HF TrainingArguments), and the field that
+# holds the same setting here: used to say where a setting lives when an unknown name is given.
+TRL_NAMES = {
+    "learning_rate": "optim.lr", "lr": "optim.lr", "max_steps": "train.max_steps", "max_step": "train.max_steps",
+    "seed": "train.seed", "output_dir": "train.output_dir", "report_to": "train.report_to",
+    "num_generations": "rollout.n_rollouts", "max_completion_length": "rollout.max_new_tokens",
+    "max_new_tokens": "rollout.max_new_tokens", "temperature": "rollout.temperature", "top_p": "rollout.top_p",
+    "per_device_train_batch_size": "train.micro_batch_size", "logging_steps": "train.log_every",
+    "save_steps": "train.save_every", "save_total_limit": "train.save_total_limit",
+    "eval_steps": "train.eval_every", "warmup_steps": "optim.warmup_steps", "weight_decay": "optim.weight_decay",
+    "adam_beta1": "optim.beta1", "adam_beta2": "optim.beta2", "max_grad_norm": "optim.max_grad_norm",
+    "lr_scheduler_type": "optim.schedule", "epsilon": "objective.clip_eps", "epsilon_high": "objective.clip_eps_high",
+    "max_prompt_length": "data.max_prompt_tokens", "max_length": "data.max_demo_tokens",
+    "gradient_checkpointing": "model.gradient_checkpointing", "push_to_hub": "train.push_to_hub",
+    "hub_model_id": "train.hub_model_id", "model_name_or_path": "model.name_or_path", "model": "model.name_or_path",
+    "dataset": "data.dataset", "reward": "data.reward", "reward_weights": "data.reward_weights",
+}
+
+
+def all_keys() -> list[str]:
+    """Every setting, as "section.field"."""
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(type(getattr(Config(), s)))]
+
+
+def suggest(name: str, section: Optional[str] = None) -> str:
+    """" (did you mean ...?)" for an unknown setting `name` (a field of `section`, or "section.field"
+    or a flat name when section is None): where TRL's name for a setting lives here, then the
+    closest known names."""
+    bare = name.split(".")[-1]
+    hits = []
+    trl = difflib.get_close_matches(bare, list(TRL_NAMES), n=1, cutoff=0.8)
+    if trl:
+        hits.append(TRL_NAMES[trl[0]])
+    keys = all_keys()
+    if section:
+        candidates, query = {k.split(".", 1)[1]: k for k in keys if k.startswith(section + ".")}, bare
+    else:
+        candidates, query = {**{k.split(".", 1)[1]: k for k in keys}, **{k: k for k in keys}}, name
+    for h in difflib.get_close_matches(query, list(candidates), n=3, cutoff=0.6):
+        if candidates[h] not in hits:
+            hits.append(candidates[h])
+    return f" (did you mean {' or '.join(hits)}?)" if hits else ""
+
+
+def _refuse_unknown(cls, section: Optional[str]):
+    """Make the dataclass `cls` refuse attributes and keywords that are not its fields, naming the
+    closest ones: `cfg.optim.learning_rate = 1e-6` or `OptimConfig(learning_rate=...)` is an error,
+    never a setting that is silently not used."""
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    where = f"{section}" if section else "the config"
+    init = cls.__init__
+
+    def __setattr__(self, key, value):
+        if key not in names and not key.startswith("_"):
+            raise AttributeError(f"{where} has no setting {key!r}{suggest(key, section)}")
+        object.__setattr__(self, key, value)
+
+    def __init__(self, *args, **kwargs):
+        for key in kwargs:
+            if key not in names:
+                raise TypeError(f"{cls.__name__}: unknown setting {key!r}{suggest(key, section)}; "
+                                f"{where} has {sorted(names - {'preset_applied'})}")
+        init(self, *args, **kwargs)
+
+    cls.__setattr__, cls.__init__ = __setattr__, __init__
+    return cls
+
+
+_refuse_unknown(Config, None)
+for _section in SECTIONS:
+    _refuse_unknown(type(getattr(Config(), _section)), _section)
+
 
 def _presets() -> tuple[str, ...]:
     return tuple(PRESETS)
@@ -508,14 +581,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
     for key, raw in overrides.items():
         key = key.replace("-", "_")
         if "." not in key:
-            raise ValueError(f"{source}: unknown config key {key!r} (expected section.field)")
+            raise ValueError(f"{source}: unknown config key {key!r} (expected section.field){suggest(key)}")
         section, name = key.split(".", 1)
         if section not in values:
-            raise ValueError(f"{source}: unknown config section {section!r} in {key!r}; known: {SECTIONS}")
+            raise ValueError(f"{source}: unknown config section {section!r} in {key!r}; known: {SECTIONS}"
+                             f"{suggest(key)}")
         sub_cls = type(getattr(cfg, section))
         known = [f.name for f in dataclasses.fields(sub_cls)]
         if name not in known:
-            raise ValueError(f"{source}: unknown config field {key!r}; {section} has {known}")
+            raise ValueError(f"{source}: unknown config field {key!r}{suggest(name, section)}; {section} has {known}")
         try:
             values[section][name] = _parse_value(raw, _field_type(sub_cls, name))
         except ValueError as e:

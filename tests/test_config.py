@@ -7,7 +7,7 @@ import argparse
 import pytest
 import yaml
 
-from srft.config import add_config_flags, resolve_config, save_config
+from srft.config import Config, add_config_flags, resolve_config, save_config
 
 
 def parse(argv):
@@ -187,3 +187,47 @@ def test_python_values_win_over_the_preset_and_switching_presets_undoes_the_old_
     cfg.train.preset = "nope"
     with pytest.raises(ValueError, match="nope"):
         apply_preset(cfg)
+
+
+# ---------------------------------------------------------------- no setting silently ignored
+def test_misspelled_settings_in_python_are_refused_with_a_suggestion():
+    from srft.config import OptimConfig
+
+    cfg = Config()
+    with pytest.raises(AttributeError, match=r"optim has no setting 'learning_rate' \(did you mean optim\.lr\?\)"):
+        cfg.optim.learning_rate = 1e-6
+    with pytest.raises(AttributeError, match=r"train has no setting 'max_step' \(did you mean train\.max_steps\?\)"):
+        cfg.train.max_step = 100
+    with pytest.raises(AttributeError, match=r"the config has no setting 'per_device_train_batch_size'"):
+        cfg.per_device_train_batch_size = 4
+    with pytest.raises(TypeError, match=r"Config: unknown setting 'learning_rate' \(did you mean optim\.lr\?\)"):
+        Config(learning_rate=1e-6)
+    with pytest.raises(TypeError, match=r"OptimConfig: unknown setting 'learnig_rate' \(did you mean optim\.lr\?\)"):
+        OptimConfig(learnig_rate=1e-6)
+    cfg.optim.lr = 1e-6  # a real field still sets
+    assert cfg.optim.lr == 1e-6 and cfg.train.max_steps == Config().train.max_steps
+
+
+def test_misspelled_settings_in_yaml_are_refused_with_a_suggestion(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  learning_rate: 1.0e-6\n")
+    with pytest.raises(ValueError, match=r"unknown config field 'optim\.learning_rate' \(did you mean optim\.lr\?\)"):
+        parse(["--config", str(bad)])
+    bad.write_text("train:\n  max_step: 3\n")
+    with pytest.raises(ValueError, match=r"unknown config field 'train\.max_step' \(did you mean train\.max_steps\?\)"):
+        parse(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--max-step", "2"], "--max-step (did you mean --train.max_steps or --max-steps"),  # no prefix matching
+    (["--optim.learning_rate", "1e-6"], "--optim.learning_rate (did you mean --optim.lr"),
+    (["--learning_rate", "1e-6"], "--learning_rate (did you mean --optim.lr?)"),
+    (["--train.max-step", "2"], "--train.max-step (did you mean --train.max_steps"),
+])
+def test_misspelled_flags_are_refused_with_the_subcommands_usage(argv, needle, capsys):
+    from srft.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: srft train" in err and needle in err, err
