@@ -20,7 +20,6 @@ accuracy, base vs trained.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from srft import experiment, prepare
 from srft.analyses import commands as analyses
 from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
-from srft.config import (TRL_NAMES, Config, EvalConfig, ModelConfig, add_config_flags, apply_overrides,
+from srft.config import (TRL_NAMES, Config, ModelConfig, add_config_flags, add_section_flags, apply_overrides,
                          resolve_config)
 from srft.distributed import launched_rank
 from srft.errors import TrainingError
@@ -172,9 +171,7 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--batch-size", dest="short__batch_size", metavar="B", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--trust-remote-code", action="store_true")
-    for f in dataclasses.fields(EvalConfig):
-        e.add_argument(f"--eval.{f.name}", f"--eval.{f.name.replace('_', '-')}", dest=f"cfg__eval.{f.name}",
-                       default=None, metavar="V")
+    add_section_flags(e, "eval")
     e.set_defaults(func=cmd_eval)
 
 

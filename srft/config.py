@@ -682,26 +682,29 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             ("DIR" if short in ("output_dir", "resume") else
                              _type_word(_field_type(type(getattr(Config(), key.split(".")[0])), key.split(".")[1]))),
                             help=f"same as --{key}")
-    cfg = Config()
     for s in SECTIONS:
-        sub = getattr(cfg, s)
-        docs = field_docs(type(sub))
-        doc = " ".join((type(sub).__doc__ or "").split())
-        group = parser.add_argument_group(s, None if doc.startswith(type(sub).__name__ + "(") else doc)
-        for f in dataclasses.fields(sub):
-            flag = f"--{s}.{f.name}"
-            alt = f"--{s}.{f.name.replace('_', '-')}"
-            names = [flag] if alt == flag else [flag, alt]
-            allowed = choices(f"{s}.{f.name}")
-            tp = _field_type(type(sub), f.name)
-            metavar = ("{" + ",".join(allowed) + "}") if allowed else _type_word(tp)
-            default = getattr(sub, f.name)
-            if s == "data" and f.name == "system_prompt" and default:
-                default = "default"  # the paper-style instruction (srft.data.DEFAULT_SYSTEM_PROMPT)
-            doc = docs.get(f.name, "")
-            help_text = (doc + " " if doc else "") + f"(default: {default!r})"
-            group.add_argument(*names, dest=f"cfg__{s}.{f.name}", default=None, metavar=metavar,
-                               choices=allowed, help=help_text.replace("%", "%%"))
+        add_section_flags(parser, s)
+
+
+def add_section_flags(parser: argparse.ArgumentParser, s: str) -> None:
+    """A group of flags --s.field, one per field of section `s`, with the field's docstring, its
+    allowed values and its default as help. --s.field-name (dashes) is accepted too, unlisted."""
+    sub = getattr(Config(), s)
+    docs = field_docs(type(sub))
+    doc = " ".join((type(sub).__doc__ or "").split())
+    group = parser.add_argument_group(s, None if doc.startswith(type(sub).__name__ + "(") else doc)
+    for f in dataclasses.fields(sub):
+        flag, alt = f"--{s}.{f.name}", f"--{s}.{f.name.replace('_', '-')}"
+        allowed = choices(f"{s}.{f.name}")
+        metavar = ("{" + ",".join(allowed) + "}") if allowed else _type_word(_field_type(type(sub), f.name))
+        default = getattr(sub, f.name)
+        if s == "data" and f.name == "system_prompt" and default:
+            default = "default"  # the paper-style instruction (srft.data.DEFAULT_SYSTEM_PROMPT)
+        help_text = (docs[f.name] + " " if docs.get(f.name) else "") + f"(default: {default!r})"
+        kwargs = dict(dest=f"cfg__{s}.{f.name}", default=None, metavar=metavar, choices=allowed)
+        group.add_argument(flag, help=help_text.replace("%", "%%"), **kwargs)
+        if alt != flag:  # the dashed spelling, accepted but not listed twice in --help
+            group.add_argument(alt, help=argparse.SUPPRESS, **kwargs)
 
 
 def _type_word(tp) -> str:

@@ -61,6 +61,9 @@ def get_reward_fn(name: Union[str, Callable], dataset: str = "testbed") -> Rewar
     if name == "auto":
         name = "testbed" if dataset == "testbed" else "math"
     path = BUILTIN_REWARDS.get(name, name)
+    if "/" in path and ":" not in path:
+        raise ValueError(f"reward {name!r} looks like a hub reward model: reward models are not supported; srft "
+                         f"takes reward functions (one of {sorted(BUILTIN_REWARDS)}, 'module:function' or a callable)")
     if ":" in path:
         module, attr = path.split(":", 1)
     elif "." in path:

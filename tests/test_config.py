@@ -231,3 +231,16 @@ def test_misspelled_flags_are_refused_with_the_subcommands_usage(argv, needle, c
         main(["train", *argv])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "usage: srft train" in err and needle in err, err
+
+
+def test_help_lists_each_flag_once_with_its_text(capsys):
+    from srft.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--help"], ["eval", "--help"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        out = capsys.readouterr().out
+        assert "--eval.max-new-tokens" not in out and "--eval.max_new_tokens INT" in out
+        assert "Response budget for evaluation" in out
+    assert parse(["--train.max-steps", "4"]).train.max_steps == 4  # the dashed spelling still works

@@ -133,3 +133,11 @@ def test_async_reward_inside_a_running_event_loop():
         return score_completions(async_one, PROMPTS, COMPLETIONS, COLUMNS)[0]
 
     assert asyncio.run(main()) == [1.0, 1.0, 1.0]
+
+
+def test_a_hub_reward_model_is_named_as_not_supported():
+    from srft.rewards import resolve_rewards
+
+    with pytest.raises(ValueError, match=r"'Org/reward-model' looks like a hub reward model: reward models are not "
+                                         r"supported"):
+        resolve_rewards("Org/reward-model")

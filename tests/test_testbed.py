@@ -167,3 +167,47 @@ def test_worked_style_mistakes_of_the_pretraining_corpus():
     assert chain_steps("4 + 1 - 2", slip=(0, 2)) == (["4+1=7", "7-2=5"], 5)
     assert worked_answer("3 - 7", drop_sign=True) == "3-7=4; result 4"
     assert teacher_demonstration("3 - 7") == "<think>3-7=-4</think>-4"
+
+
+def test_base_model_build_reports_progress_off_a_terminal(tmp_path):
+    """A build whose output goes to a file (CI, a log) prints a progress line every 100 steps."""
+    from srft.testbed.base_model import BasePretrainConfig, build_base_model
+
+    logs: list[str] = []
+    cfg = BasePretrainConfig(seed=3, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32,
+                             steps=201, batch_size=2, warmup_steps=2)
+    build_base_model(tmp_path / "base", cfg, log=logs.append)
+    progress = [line for line in logs if "step " in line and "min left" in line]
+    assert [line.split("step ")[1].split(",")[0] for line in progress] == ["100/201", "200/201"]
+
+
+def test_one_process_builds_the_base_model_the_others_wait(tmp_path, monkeypatch):
+    """Two first runs at once: one builds, the other waits on the lock and uses that build."""
+    import threading
+    import time
+
+    from srft.testbed import base_model as bm
+
+    monkeypatch.setenv("SRFT_CACHE", str(tmp_path))
+    builds: list[int] = []
+
+    def slow_build(path, cfg, log=print):
+        builds.append(cfg.seed)
+        time.sleep(0.5)
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_text("x")
+        (path / "srft_testbed.json").write_text("{}")
+        return path
+
+    monkeypatch.setattr(bm, "build_base_model", slow_build)
+    logs: list[str] = []
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(bm.ensure_base_model(7, log=logs.append)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert builds == [7] and len(results) == 2 and results[0] == results[1]
+    assert any("another process is building the testbed base model" in line for line in logs)

@@ -21,6 +21,7 @@ never any expression of the test or validation sets, and never the '<think>' for
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -175,13 +176,18 @@ def _optimizer(model, cfg: BasePretrainConfig):
     return opt, sched
 
 
-def _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg: BasePretrainConfig) -> None:
-    """Run cfg.steps optimiser steps, each on a batch of packed documents drawn from the corpus with `rng`."""
+def _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg: BasePretrainConfig,
+                   log=print) -> None:
+    """Run cfg.steps optimiser steps, each on a batch of packed documents drawn from the corpus with `rng`.
+    A progress bar on a terminal; elsewhere (a log file, CI) a line every `PROGRESS_EVERY` steps."""
     import torch
     from tqdm.auto import tqdm
 
     bar = tqdm(range(cfg.steps), desc="pretrain base", disable=None)
+    t0 = time.perf_counter()
     for step in bar:
+        if bar.disable and step and step % PROGRESS_EVERY == 0:
+            _log_progress(log, step, cfg.steps, time.perf_counter() - t0)
         docs = [rng.choice(corpus[k]) for k in rng.choices(kinds, weights, k=cfg.batch_size)]
         ids, attn = _pack([t for d in docs for t in tok(d)["input_ids"] + [tok.eos_token_id]],
                           cfg.seq_len, tok.pad_token_id)
@@ -194,6 +200,15 @@ def _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg: Bas
         opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+PROGRESS_EVERY = 100
+
+
+def _log_progress(log, step: int, steps: int, elapsed: float) -> None:
+    left = elapsed / step * (steps - step)
+    log(f"[srft] pretraining the testbed base model: step {step}/{steps}, {elapsed / 60:.1f} min elapsed, "
+        f"~{left / 60:.1f} min left")
 
 
 def _save_base_model(out_dir: Path, model, tok, cfg: BasePretrainConfig, n_params: int, t0: float) -> None:
@@ -234,17 +249,31 @@ def build_base_model(
     opt, sched = _optimizer(model, cfg)
     model.train()
     log(f"[srft] pretraining the testbed base model ({n_params / 1e6:.2f}M params, {cfg.steps} steps)")
-    _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg)
+    _pretrain_loop(model, tok, corpus, kinds, weights, rng, opt, sched, cfg, log)
     model.eval()
     _save_base_model(out_dir, model, tok, cfg, n_params, t0)
     log(f"[srft] base model saved to {out_dir} ({time.time() - t0:.0f}s)")
     return out_dir
 
 
+def _is_built(path: Path) -> bool:
+    return (path / "model.safetensors").exists() and (path / "srft_testbed.json").exists()
+
+
 def ensure_base_model(seed: int = 0, log=print) -> Path:
-    """Path of the cached base model, building it first if needed."""
+    """Path of the cached base model, building it first if needed. One process builds it: others
+    asking for the same model at the same time (two first runs, several launches on one machine)
+    wait on a lock file beside it and then use the one built."""
     path = base_model_dir(seed)
-    if (path / "model.safetensors").exists() and (path / "srft_testbed.json").exists():
+    if _is_built(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return build_base_model(path, BasePretrainConfig(seed=seed), log=log)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[srft] another process is building the testbed base model {path}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_built(path):  # built by the process we waited for
+            return path
+        return build_base_model(path, BasePretrainConfig(seed=seed), log=log)
