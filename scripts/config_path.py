@@ -31,8 +31,8 @@ def _benchmark_file(folder: Path) -> Path:
     import pandas as pd
     from conftest import verl_row
 
-    rows = [verl_row(i, f"What is {i} + {i}?", f"<think>{i}+{i}</think>\\boxed{{{2 * i}}}", str(2 * i), source="math500")
-            for i in range(4)]
+    rows = [verl_row(i, f"What is {i} + {i}?", f"<think>{i}+{i}</think>\\boxed{{{2 * i}}}", str(2 * i),
+                     source="math500") for i in range(4)]
     path = folder / "bench.parquet"
     pd.DataFrame(rows).to_parquet(path)
     return path

@@ -56,9 +56,11 @@ class ExperienceMaker:
         timings["time/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         samples, prompts, texts, rows = self._assemble(exs, gen)
-        n_none, gated = self._score(samples, prompts, texts, rows, step)
+        per_fn: dict[str, list] = {}
+        n_none, gated = self._score(samples, prompts, texts, rows, step, per_fn)
         timings["time/reward"] = time.perf_counter() - t0
-        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated)}
+        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated),
+                **self._reward_statistics(samples, per_fn)}
         if self.cfg.train.save_rollouts:
             self.dump_rollouts(samples, idx, step)
         return samples, info
@@ -107,9 +109,10 @@ class ExperienceMaker:
         return samples, prompts, texts, rows
 
     def _score(self, samples: list[Sample], prompts: list, texts: list[str], rows: list[Example],
-                step: int) -> tuple[int, bool]:
-        """Rewards, advantages and the objective's gate, set on the samples; returns how many
-        rewards were None (scored 0) and whether the objective gates samples."""
+                step: int, per_fn: dict[str, list]) -> tuple[int, bool]:
+        """Rewards, advantages and the objective's gate, set on the samples (each reward function's
+        own values into `per_fn`); returns how many rewards were None (scored 0) and whether the
+        objective gates samples."""
         gated = objective.gates_samples(self.cfg.objective)
         if not samples:
             return 0, gated
@@ -117,7 +120,8 @@ class ExperienceMaker:
         columns = {k: [ex.columns.get(k) for ex in rows] for k in keys}
         state = RewardState(global_step=step, max_steps=self.cfg.train.max_steps)
         rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns,
-                                            completion_ids=[s.response_ids for s in samples], state=state)
+                                            completion_ids=[s.response_ids for s in samples], state=state,
+                                            per_function=per_fn)
         groups, is_demo = [s.group for s in samples], [s.is_demo for s in samples]
         adv = objective.advantages(self.cfg.objective, rewards, groups, is_demo)
         for s, r, a in zip(samples, rewards, adv.tolist()):
@@ -157,6 +161,24 @@ class ExperienceMaker:
         if gated:
             info["gate/sft_share"] = sft_g / max(1.0, ng)
         return info
+
+    def _reward_statistics(self, samples: list[Sample], per_fn: dict[str, list]) -> dict[str, float]:
+        """rewards/<function>/mean and /std over the step's rollouts on every rank (TRL's names;
+        values a function returned None for are left out; std with Bessel's correction)."""
+        names = sorted(per_fn)
+        local = []
+        for name in names:
+            vals = [v for s, v in zip(samples, per_fn[name]) if not s.is_demo and v is not None]
+            local += [sum(vals), sum(v * v for v in vals), len(vals)]
+        totals = self.dist.sum(local) if local else []
+        out = {}
+        for i, name in enumerate(names):
+            total, squares, n = totals[3 * i : 3 * i + 3]
+            mean = ratio(total, n)
+            out[f"rewards/{name}/mean"] = mean
+            out[f"rewards/{name}/std"] = (math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1))) if n > 1
+                                          else float("nan"))
+        return out
 
     def dump_rollouts(self, samples: list[Sample], idx: list[int], step: int) -> None:
         """rollouts.jsonl: one line per step with every sample of every rank, in global group order."""

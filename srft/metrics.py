@@ -20,6 +20,10 @@ METRICS: dict[str, str] = {
     "reward/mean": "mean reward of the on-policy rollouts of the step (demonstrations excluded)",
     "reward/demo": "mean reward of the demonstrations in the groups",
     "reward/accuracy": "share of rollouts with reward >= 1 (binary verifier: equals reward/mean)",
+    "rewards/<function>/mean": "mean of one reward function's own values over the step's rollouts (TRL's name; "
+                               "values it returned None for are left out)",
+    "rewards/<function>/std": "standard deviation (Bessel-corrected) of one reward function's values over the "
+                              "step's rollouts",
     "reward/none": "number of samples the reward function returned None for (scored 0)",
     "advantage/zero_groups": "share of groups whose rewards are all equal (A = 0 for all their samples)",
     "entropy/rollout": "mean token entropy H = -sum_v p log p over rollout tokens, before the update (as the sampler "
@@ -79,6 +83,8 @@ def doc_for(name: str) -> Optional[str]:
         return METRICS[name]
     if name.startswith("eval/"):
         return METRICS["eval/<set>/accuracy"]
+    if name.startswith("rewards/") and name.rsplit("/", 1)[-1] in ("mean", "std"):
+        return METRICS[f"rewards/<function>/{name.rsplit('/', 1)[-1]}"]
     return None
 
 

@@ -91,7 +91,8 @@ def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], 
         items = list(spec)
     if not items:
         raise ValueError("data.reward: no reward function given")
-    fns = [Reward(getattr(x, "__name__", repr(x)), x) if callable(x) else Reward(x, get_reward_fn(x, dataset))
+    fns = [Reward(getattr(x, "__name__", repr(x)), x) if callable(x) else Reward(_builtin_name(x, dataset),
+                                                                                get_reward_fn(x, dataset))
            for x in items]
     if weights is not None:
         ws = [float(w) for w in (weights.split(",") if isinstance(weights, str) else weights)]
@@ -101,6 +102,13 @@ def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], 
         for r, w in zip(fns, ws):
             r.weight = w
     return fns
+
+
+def _builtin_name(spec: str, dataset) -> str:
+    """The name a reward given by name is known by in logs and metrics ("auto" says which it chose)."""
+    if spec == "auto":
+        return "testbed" if dataset == "testbed" else "math"
+    return spec
 
 
 def needs_answer(rewards: Sequence[Reward]) -> bool:
@@ -132,16 +140,19 @@ def _run_coroutine(coro):
 
 
 def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float]]:
-    fn = reward.fn
+    fn, state = reward.fn, kwargs.get("trainer_state")
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = None
     if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in params}
-    out = fn(**kwargs)
-    if inspect.isawaitable(out):  # an async reward function (TRL accepts them too)
-        out = _run_coroutine(out)
+    try:
+        out = fn(**kwargs)
+        if inspect.isawaitable(out):  # an async reward function (TRL accepts them too)
+            out = _run_coroutine(out)
+    except Exception as e:
+        raise RewardError(_raised_message(reward, kwargs, n, e, state)) from e
     if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
         raise ValueError(f"reward function {reward.name!r} returned {type(out).__name__}; expected a list of "
                          f"{n} numbers (or None)")
@@ -161,12 +172,40 @@ def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float
     return vals
 
 
+class RewardError(ValueError):
+    """A reward function raised: the message names the function, the step and the first row that
+    makes it raise. `srft train` reports it and exits with status 2."""
+
+
+def _raised_message(reward: Reward, kwargs: dict[str, Any], n: int, error: Exception, state: Any) -> str:
+    """What a raising reward function is told with: its name, the step, and the first completion
+    that makes it raise on its own (each row is tried alone), with that row's prompt."""
+    step = f" at step {state.global_step + 1}" if isinstance(state, RewardState) else ""
+    row = None
+    for i in range(n):
+        one = {k: ([v[i]] if isinstance(v, list) and len(v) == n else v) for k, v in kwargs.items()}
+        try:
+            out = reward.fn(**one)
+            if inspect.isawaitable(out):
+                _run_coroutine(out)
+        except Exception:
+            row = i
+            break
+    where = ""
+    if row is not None:
+        prompt = str(kwargs.get("prompts", [None] * n)[row])
+        where = f"; completion {row} of the batch (prompt {prompt[:120]!r}) raises on its own"
+    return f"reward function {reward.name!r} raised {type(error).__name__}: {error}{step}{where}"
+
+
 def score_completions(
     fn: Union[RewardFn, Sequence[Reward]], prompts: list, completions: list[str], columns: dict[str, list[Any]],
     completion_ids: Optional[list[list[int]]] = None, state: Optional[RewardState] = None,
+    per_function: Optional[dict[str, list[Optional[float]]]] = None,
 ) -> tuple[list[float], int]:
     """Call the reward function(s) as TRL does (keyword arguments); returns (the weighted sum per
-    completion, 0 where no function gave a number, and the number of such completions)."""
+    completion, 0 where no function gave a number, and the number of such completions).
+    per_function: filled with each function's own values, by name (a repeated name gets "_2", ...)."""
     rewards = [Reward(getattr(fn, "__name__", "reward"), fn)] if callable(fn) else list(fn)
     n = len(completions)
     # TRL's convention: a completion of a conversational prompt (a message list) is a message list
@@ -175,6 +214,13 @@ def score_completions(
     kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
               "trainer_state": state or RewardState(), **columns}
     per_fn = [_call(r, n, dict(kwargs)) for r in rewards]
+    if per_function is not None:
+        for r, v in zip(rewards, per_fn):
+            name, k = r.name, 1
+            while name in per_function:
+                k += 1
+                name = f"{r.name}_{k}"
+            per_function[name] = v
     total, n_none = [], 0
     for i in range(n):
         got = [(r.weight, v[i]) for r, v in zip(rewards, per_fn) if v[i] is not None]

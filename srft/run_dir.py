@@ -13,19 +13,28 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from srft.checkpoint import latest_checkpoint
 from srft.config import Config
 from srft.hub import push_to_hub
 from srft.metrics import truncate_metrics
 from srft.plots import make_plots
 from srft.testbed.tasks import TESTBED_VERSION
 
-RUN_MARKERS = ("metrics.jsonl", "final", "checkpoints", "eval.json")
+def holds_run(out: Path) -> bool:
+    """Whether the folder holds something of a run worth keeping: a final model, an eval.json, a
+    complete checkpoint or a logged step. A run that stopped before its first step was logged (a
+    reward function that raised, a bad row found late) leaves none, and the same command runs again."""
+    out = Path(out)
+    if (out / "final").exists() or (out / "eval.json").exists() or latest_checkpoint(out) is not None:
+        return True
+    metrics = out / "metrics.jsonl"
+    return metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
 
 
 def refuse_used_output_dir(cfg: Config) -> None:
     """A new run (no train.resume, no train.overwrite) never writes into a folder that holds a run."""
     out = Path(cfg.train.output_dir)
-    if not cfg.train.resume and not cfg.train.overwrite and any((out / n).exists() for n in RUN_MARKERS):
+    if not cfg.train.resume and not cfg.train.overwrite and holds_run(out):
         raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
                               f"--resume {out} to continue it, or --train.overwrite true to replace it")
 

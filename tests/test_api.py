@@ -195,3 +195,44 @@ def test_peft_config_becomes_the_lora_fields():
     assert (m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) == (8, 16, 0.05, "q_proj,v_proj")
     assert SRFTTrainer(peft_config=LoraConfig(r=4, target_modules="all-linear")).args.model.lora_target_modules \
         == "all-linear"
+
+
+def test_per_reward_metrics_are_logged_as_trl_names_them(tiny_model_dir, tmp_path):
+    from srft import SRFTTrainer
+
+    def reward_len(completions, **kwargs):
+        return [-abs(6 - len(c)) / 6 for c in completions]
+
+    def reward_one(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    rows = [{"prompt": f"Q:{i}+1\nA:", "demonstration": f"{i + 1}"} for i in range(8)]
+    SRFTTrainer(str(tiny_model_dir), args=_tiny(tmp_path), train_dataset=rows, reward_funcs=[reward_len, reward_one],
+                reward_weights=[1.0, 0.5], log=lambda *a: None).train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["rewards/reward_one/mean"] == 1.0 and row["rewards/reward_one/std"] == 0.0
+    assert row["rewards/reward_len/mean"] <= 0.0 and row["rewards/reward_len/std"] >= 0.0
+    # the logged total is the weighted sum of the functions' means
+    assert abs(row["reward/mean"] - (row["rewards/reward_len/mean"] + 0.5)) < 1e-9
+
+
+def test_a_raising_reward_names_itself_and_the_row_and_a_fixed_rerun_goes_ahead(tiny_model_dir, tmp_path):
+    from srft import SRFTTrainer
+    from srft.rewards import RewardError
+
+    def picky(completions, answer, **kwargs):
+        return [1.0 / (int(a) - 3) for a in answer]  # row with answer 3: ZeroDivisionError
+
+    rows = [{"prompt": f"Q:{i}+1\nA:", "demonstration": f"{i + 1}", "answer": str(i + 1)} for i in range(4)]
+    cfg = _tiny(tmp_path)
+    cfg.train.prompts_per_step = 4
+    with pytest.raises(RewardError, match=r"reward function 'picky' raised ZeroDivisionError: .* at step 1; "
+                                          r"completion \d+ of the batch \(prompt 'Q:2\+1\\nA:'\) raises on its own"):
+        SRFTTrainer(str(tiny_model_dir), args=cfg, train_dataset=rows, reward_funcs=picky, log=lambda *a: None).train()
+
+    def fixed(completions, answer, **kwargs):
+        return [1.0] * len(completions)
+
+    out = SRFTTrainer(str(tiny_model_dir), args=_tiny(tmp_path), train_dataset=rows, reward_funcs=fixed,
+                      log=lambda *a: None).train()  # the same folder: nothing in it to keep, so no refusal
+    assert out["steps"] == 1

@@ -136,3 +136,23 @@ def test_no_rollouts_sft():
     assert engine.calls == [] and engine.synced == 0  # SFT samples nothing
     assert all(s.is_demo for s in samples) and len(samples) == 2
     assert "time/weight_sync" not in info and info["response_length/demo"] == 1.0
+
+
+def test_per_function_reward_metrics_by_hand():
+    """Two reward functions over 3 rollouts + 1 demonstration of one prompt: rewards/<name>/mean and
+    /std are over the rollouts only, with None values left out."""
+    from srft.rewards import Reward
+
+    def a(completions, **kw):
+        return [1.0, 2.0, 4.0, 100.0]  # the demonstration's 100 is not a rollout's
+
+    def b(completions, **kw):
+        return [None, 0.5, 0.5, 0.0]
+
+    cfg = make_cfg(**{"train.prompts_per_step": 1})
+    _, info = ExperienceMaker(cfg, examples(), FakeEngine(), FakeTokenizer(), [Reward("a", a), Reward("b", b)],
+                              Dist()).make(step=0, idx=[0], policy=None, return_entropy=False)
+    assert info["rewards/a/mean"] == pytest.approx(7 / 3)
+    assert info["rewards/a/std"] == pytest.approx(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2 ** 0.5)
+    assert info["rewards/b/mean"] == 0.5 and info["rewards/b/std"] == 0.0
+    assert info["reward/mean"] == pytest.approx((1.0 + 2.5 + 4.5) / 3) and info["reward/none"] == 0.0
