@@ -16,7 +16,9 @@
 # compared too. The testbed base model is built once (SRFT_CACHE, shared by both trees).
 # WORK_DIR (default: a new temporary folder) keeps both trees' run folders for inspection; with
 # SAME_RESULTS_REUSE_OLD=1, the old tree's finished run folders already in WORK_DIR are kept (its code
-# does not change), and SAME_RESULTS_ONLY="main grpo ..." runs a subset of the jobs.
+# does not change), SAME_RESULTS_ONLY="main grpo ..." runs a subset of the jobs, and
+# SAME_RESULTS_ALLOW_NEW_METRICS=1 lists metrics that only the new tree logs instead of failing on them
+# (every field both trees log must still be equal).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OLD="${1:?usage: bash scripts/same_results.sh OLD_COMMIT [WORK_DIR]}"
@@ -121,4 +123,5 @@ for job in $ONLY; do
   esac
 done
 
-"$PY" "$REPO/scripts/compare_runs.py" "$WORK" $ONLY
+NEW_METRICS=""; [ "${SAME_RESULTS_ALLOW_NEW_METRICS:-0}" = 1 ] && NEW_METRICS="--allow-new-metrics"
+"$PY" "$REPO/scripts/compare_runs.py" "$WORK" $ONLY $NEW_METRICS
