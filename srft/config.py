@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -384,6 +385,68 @@ class Config:
                 raise ValueError(VLLM_MISSING)
         if not r.is_cap > 0:
             raise ValueError(f"rollout.is_cap must be > 0, got {r.is_cap}")
+        check_domains(self)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return _finite(v) and v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return _finite(v) and v >= 0
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+# The meaning of each number, checked for configs from flags, YAML and Python alike: a value
+# outside it (a negative clipping norm, a NaN rate, a negative limit) is an error naming the field,
+# never a run that trains on something else.
+DOMAINS: dict[str, tuple[Any, str]] = {
+    "optim.lr": (_positive, "a finite number > 0"),
+    "optim.weight_decay": (_non_negative, "a finite number >= 0"),
+    "optim.beta1": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    "optim.beta2": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    "optim.warmup_steps": (_non_negative, ">= 0"),
+    "optim.max_grad_norm": (_positive, "a finite number > 0 (the clipping norm)"),
+    "rollout.temperature": (_positive, "a finite number > 0 (training divides the logits by it)"),
+    "rollout.top_p": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    "rollout.is_cap": (_positive, "a finite number > 0"),
+    "rollout.vllm_sync_tol": (_non_negative, "a finite number >= 0"),
+    "rollout.vllm_gpu_memory_utilization": (_optional(lambda v: _finite(v) and 0 < v <= 1), "None or in (0, 1]"),
+    "model.lora_r": (_non_negative, ">= 0 (0: no LoRA)"),
+    "model.lora_alpha": (_positive, "> 0"),
+    "model.lora_dropout": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    "objective.w_sft_coef": (_finite, "a finite number"),
+    "objective.w_rl_coef": (_finite, "a finite number"),
+    "objective.w_sft_sign": (_finite, "a finite number"),
+    "objective.w_rl_sign": (_finite, "a finite number"),
+    "objective.clip_eps": (_optional(_positive), "None (no clipping) or a finite number > 0"),
+    "objective.clip_eps_high": (_optional(_positive), "None or a finite number > 0"),
+    "objective.demo_shaping_gamma": (_optional(_positive), "None (f(p) = p) or a finite number > 0"),
+    "objective.max_len_norm": (_optional(lambda v: _finite(v) and v >= 1), "None or >= 1"),
+    "objective.entropy_bonus": (_non_negative, "a finite number >= 0"),
+    "train.seed": (_non_negative, ">= 0"),
+    "train.first_stage_lr": (_optional(_positive), "None or a finite number > 0"),
+    "train.output_dir": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder name (not empty)"),
+    "eval.temperature": (_non_negative, "a finite number >= 0 (0: greedy)"),
+    "eval.top_p": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    "eval.limit": (_optional(_non_negative), "None (all) or >= 0 (0: no evaluation)"),
+}
+
+
+def check_domains(cfg: "Config") -> None:
+    """Every number of DOMAINS inside its meaning; a ValueError naming the field and its domain."""
+    for key, (ok, what) in DOMAINS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ValueError(f"{key} must be {what}, got {value!r}")
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "preset_applied"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import yaml
@@ -244,3 +245,29 @@ def test_help_lists_each_flag_once_with_its_text(capsys):
         assert "--eval.max-new-tokens" not in out and "--eval.max_new_tokens INT" in out
         assert "Response budget for evaluation" in out
     assert parse(["--train.max-steps", "4"]).train.max_steps == 4  # the dashed spelling still works
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("optim.max_grad_norm", "-1", "optim.max_grad_norm must be a finite number > 0"),  # would train backwards
+    ("rollout.temperature", "-1", "rollout.temperature must be a finite number > 0"),  # softmax(-logits)
+    ("optim.lr", "nan", "optim.lr must be a finite number > 0, got nan"),
+    ("eval.limit", "-5", "eval.limit must be None (all) or >= 0"),  # was: 395 of 400 problems
+    ("train.output_dir", "", "train.output_dir must be a folder name (not empty)"),  # was: the current folder
+    ("rollout.top_p", "1.5", "rollout.top_p must be in (0, 1]"),
+    ("objective.clip_eps", "-0.2", "objective.clip_eps must be None (no clipping) or a finite number > 0"),
+    ("objective.entropy_bonus", "inf", "objective.entropy_bonus must be a finite number >= 0"),
+    ("model.lora_dropout", "1.0", "model.lora_dropout must be in [0, 1)"),
+])
+def test_numbers_outside_their_meaning_are_refused(key, value, needle, tmp_path):
+    with pytest.raises(ValueError) as flag_error:
+        parse([f"--{key}", value])
+    assert needle in str(flag_error.value)
+    section, name = key.split(".")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({section: {name: value}}))
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse(["--config", str(tmp_path / "c.yaml")])
+    cfg = Config()
+    setattr(getattr(cfg, section), name, type(getattr(getattr(Config(), section), name) or 0.0)(value)
+            if value else value)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        cfg.validate()
