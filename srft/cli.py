@@ -29,8 +29,8 @@ from pathlib import Path
 from srft import experiment, prepare
 from srft.analyses import commands as analyses
 from srft.benchmarks import evaluate_benchmark, format_benchmark_table, load_problems
-from srft.config import (TRL_NAMES, Config, ModelConfig, add_config_flags, add_section_flags, apply_overrides,
-                         resolve_config)
+from srft.config import (Config, ModelConfig, add_config_flags, add_section_flags, apply_overrides, did_you_mean,
+                         resolve_config, trl_setting)
 from srft.distributed import launched_rank
 from srft.errors import TrainingError
 from srft.evaluation import evaluate, format_table, testbed_eval_sets
@@ -199,15 +199,13 @@ class StrictParser(argparse.ArgumentParser):
 def _flag_hint(flag: str, flags: dict[str, str]) -> str:
     """" (did you mean --a or --b?)": where a TRL setting lives here, then the closest flags
     (`flags`: the subcommand's flags by their underscored names)."""
-    hits = []
-    name = flag.lstrip("-").replace("-", "_")
-    trl = difflib.get_close_matches(name, list(TRL_NAMES), n=1, cutoff=0.8)
-    if trl and "--" + TRL_NAMES[trl[0]] in flags:
-        hits.append(flags["--" + TRL_NAMES[trl[0]]])
-    for h in difflib.get_close_matches("--" + name, list(flags), n=3, cutoff=0.6):
+    name = "--" + flag.lstrip("-").replace("-", "_")
+    trl = trl_setting(name[2:])
+    hits = [flags["--" + trl]] if trl and "--" + trl in flags else []
+    for h in difflib.get_close_matches(name, list(flags), n=3, cutoff=0.6):
         if flags[h] not in hits:
             hits.append(flags[h])
-    return f" (did you mean {' or '.join(hits)}?)" if hits else ""
+    return did_you_mean(hits)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -475,24 +475,31 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(type(getattr(Config(), s)))]
 
 
+def trl_setting(name: str) -> Optional[str]:
+    """The setting here that TRL's `name` (or a near spelling of it) sets, if any."""
+    match = difflib.get_close_matches(name, list(TRL_NAMES), n=1, cutoff=0.8)
+    return TRL_NAMES[match[0]] if match else None
+
+
+def did_you_mean(hits: list[str]) -> str:
+    return f" (did you mean {' or '.join(hits)}?)" if hits else ""
+
+
 def suggest(name: str, section: Optional[str] = None) -> str:
     """" (did you mean ...?)" for an unknown setting `name` (a field of `section`, or "section.field"
     or a flat name when section is None): where TRL's name for a setting lives here, then the
     closest known names."""
-    bare = name.split(".")[-1]
-    hits = []
-    trl = difflib.get_close_matches(bare, list(TRL_NAMES), n=1, cutoff=0.8)
-    if trl:
-        hits.append(TRL_NAMES[trl[0]])
+    trl = trl_setting(name.split(".")[-1])
+    hits = [trl] if trl else []
     keys = all_keys()
     if section:
-        candidates, query = {k.split(".", 1)[1]: k for k in keys if k.startswith(section + ".")}, bare
+        candidates, query = {k.split(".", 1)[1]: k for k in keys if k.startswith(section + ".")}, name.split(".")[-1]
     else:
         candidates, query = {**{k.split(".", 1)[1]: k for k in keys}, **{k: k for k in keys}}, name
     for h in difflib.get_close_matches(query, list(candidates), n=3, cutoff=0.6):
         if candidates[h] not in hits:
             hits.append(candidates[h])
-    return f" (did you mean {' or '.join(hits)}?)" if hits else ""
+    return did_you_mean(hits)
 
 
 def _refuse_unknown(cls, section: Optional[str]):
