@@ -255,7 +255,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient (their updates skipped) before the run stops."""
     report_to: str = "none"
-    """"none", "tensorboard" or "wandb" (JSONL metrics are always written)."""
+    """"none", "tensorboard" or "wandb", or several comma-separated ("tensorboard,wandb"; in Python also a
+    list, as TRL takes it). JSONL metrics are always written."""
     log_every: int = 10
     """Every N steps: a one-line progress log when stdout is not a terminal (in place of the progress
     bar), and a sample of the step's completions in completions.jsonl. 0: neither."""
@@ -579,12 +580,26 @@ def choices(key: str) -> Optional[tuple[str, ...]]:
     return tuple(c()) if callable(c) else c
 
 
+LIST_VALUED = ("train.report_to",)
+"""Fields that take several of their CHOICES at once: comma-separated, or a list in Python."""
+
+
+def report_targets(value) -> list[str]:
+    """The trackers of train.report_to ("tensorboard,wandb", ["tensorboard"], "none"), "none" left out."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [x.strip() for x in items if str(x).strip() and str(x).strip() != "none"]
+
+
 def check_choices(cfg: "Config") -> None:
     """A ValueError naming the first field whose value is not one of its CHOICES."""
     for key in CHOICES:
         allowed = choices(key)
         value = _get(cfg, key)
-        if value not in allowed:
+        if key in LIST_VALUED and isinstance(value, (str, list, tuple)):
+            bad = [x for x in report_targets(value) if x not in allowed]
+            if bad:
+                raise ValueError(f"{key}: {bad[0]!r} is not one of {list(allowed)}")
+        elif value not in allowed:
             raise ValueError(f"{key}: {value!r} is not one of {list(allowed)}")
 
 
@@ -707,6 +722,7 @@ def save_config(cfg: Config, path: Path) -> None:
     d = to_dict(cfg)
     d["train"]["resume"] = ""
     d["data"]["reward"] = reward_spec_text(cfg.data.reward)
+    d["train"]["report_to"] = ",".join(report_targets(cfg.train.report_to)) or "none"
     for section, key in (("data", "dataset"), ("eval", "dataset")):  # in-memory data: described, not copied
         v = d[section][key]
         if v is not None and not isinstance(v, str):
@@ -771,7 +787,8 @@ def add_section_flags(parser: argparse.ArgumentParser, s: str) -> None:
         if s == "data" and f.name == "system_prompt" and default:
             default = "default"  # the paper-style instruction (srft.data.DEFAULT_SYSTEM_PROMPT)
         help_text = (docs[f.name] + " " if docs.get(f.name) else "") + f"(default: {default!r})"
-        kwargs = dict(dest=f"cfg__{s}.{f.name}", default=None, metavar=metavar, choices=allowed)
+        kwargs = dict(dest=f"cfg__{s}.{f.name}", default=None, metavar=metavar,
+                      choices=None if f"{s}.{f.name}" in LIST_VALUED else allowed)  # (checked by validate)
         group.add_argument(flag, help=help_text.replace("%", "%%"), **kwargs)
         if alt != flag:  # the dashed spelling, accepted but not listed twice in --help
             group.add_argument(alt, help=argparse.SUPPRESS, **kwargs)

@@ -25,16 +25,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from srft.config import Config
+from srft.config import Config, report_targets
 from srft.models import check_model_folder
 from srft.rewards import resolve_rewards
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
-def check_trackers(report_to: str) -> None:
-    """train.report_to names a tracker whose package is installed."""
-    for name in [x.strip() for x in report_to.split(",") if x.strip() and x.strip() != "none"]:
+def check_trackers(report_to) -> None:
+    """train.report_to names trackers whose packages are installed."""
+    for name in report_targets(report_to):
         pkgs = TRACKER_PACKAGES.get(name, ())
         if pkgs and not any(importlib.util.find_spec(p) for p in pkgs):
             raise ValueError(f"train.report_to: {name!r} needs the {pkgs[0]} package, which is not installed "

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from srft import checkpoint as ckpt
 from srft.checkpoint import latest_checkpoint  # noqa: F401 (re-exported: tests and scripts import it from here)
-from srft.config import Config, flatten, save_config, to_dict
+from srft.config import Config, flatten, report_targets, save_config, to_dict
 from srft.data import PromptSampler, prepare_examples
 from srft.distributed import Dist
 from srft.errors import TrainingError
@@ -80,7 +80,7 @@ class Trainer:
         self.reward_fn, self.out = inputs.reward_fn, Path(cfg.train.output_dir)
         self.resume_from = inputs.resume_from
         set_seed(cfg.train.seed)
-        log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
+        log_with = report_targets(cfg.train.report_to) or None
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per
         # process at every optimiser step; srft's schedule counts optimiser steps, whatever the world size
         self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.out),

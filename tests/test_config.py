@@ -79,7 +79,7 @@ def test_bad_values_name_the_field(argv, needle):
 
 @pytest.mark.parametrize("key,bad", [
     ("objective.aggregation", "mean"), ("train.preset", "nope"), ("objective.entropy_granularity", "word"),
-    ("train.report_to", "mlflow"), ("rollout.engine", "vlm"), ("rollout.is_correction", "always"),
+    ("rollout.engine", "vlm"), ("rollout.is_correction", "always"),
     ("train.micro_batch_grouping", "random"), ("model.dtype", "fp8"), ("optim.schedule", "step"),
 ])
 def test_bad_choices_name_the_field_from_flags_yaml_and_python(key, bad, tmp_path, capsys):
@@ -270,4 +270,20 @@ def test_numbers_outside_their_meaning_are_refused(key, value, needle, tmp_path)
     setattr(getattr(cfg, section), name, type(getattr(getattr(Config(), section), name) or 0.0)(value)
             if value else value)
     with pytest.raises(ValueError, match=re.escape(needle)):
+        cfg.validate()
+
+
+def test_report_to_takes_several_trackers_and_names_a_bad_one():
+    from srft.config import report_targets
+
+    assert parse(["--train.report_to", "tensorboard,wandb"]).train.report_to == "tensorboard,wandb"
+    cfg = Config()
+    cfg.train.report_to = ["tensorboard"]  # as TRL takes it
+    cfg.validate()
+    assert report_targets(cfg.train.report_to) == ["tensorboard"] and report_targets("none") == []
+    for bad in (["--train.report_to", "tensorboard,mlflow"], ["--train.report_to", "mlflow"]):  # several values
+        with pytest.raises(ValueError, match=r"train.report_to: 'mlflow' is not one of"):  # so validate names it
+            parse(bad)
+    cfg.train.report_to = ["mlflow"]
+    with pytest.raises(ValueError, match=r"train.report_to: 'mlflow' is not one of"):
         cfg.validate()

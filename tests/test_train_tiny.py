@@ -91,14 +91,16 @@ def test_metrics_doc_is_generated_from_code():
     assert "weight/sft" in METRICS
 
 
-def test_tensorboard_when_asked(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("report_to", ["tensorboard", ["tensorboard"]])  # TRL's list form too
+def test_tensorboard_when_asked(tiny_model_dir, tmp_path, report_to):
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
-    cfg = tiny_cfg(tiny_model_dir, out, **{"train.report_to": "tensorboard", "train.max_steps": 1,
-                                           "train.save_every": 0})
+    cfg = tiny_cfg(tiny_model_dir, out, **{"train.max_steps": 1, "train.save_every": 0})
+    cfg.train.report_to = report_to
     Trainer(cfg, log=lambda *a: None).train()
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    assert "report_to: tensorboard\n" in (out / "config.yaml").read_text()  # re-runnable as YAML
 
 
 def test_lora_and_gradient_checkpointing(tiny_model_dir, tmp_path):
