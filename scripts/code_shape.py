@@ -35,39 +35,34 @@ def _srft_targets(node: ast.AST) -> list[str]:
 
 
 def scan():
-    long_functions, inner_imports, graph = [], [], {}
+    """(every function's (lines, place), srft imports made inside functions, the module graph)."""
+    functions, inner_imports, graph = [], [], {}
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text())
         name = module_name(path)
         graph[name] = set()
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > LIMIT:
-                    long_functions.append((n, f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name}"))
+                functions.append((node.end_lineno - node.lineno + 1,
+                                  f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name}"))
                 for sub in ast.walk(node):
                     for t in _srft_targets(sub):
                         inner_imports.append(f"{path.relative_to(SRC.parent)}:{sub.lineno} {t}")
-        for node in tree.body:
+        for node in ast.walk(tree):  # imports at the top and deferred ones alike
             graph[name].update(t for t in _srft_targets(node) if t != name)
-        for node in ast.walk(tree):
-            graph[name].update(t for t in _srft_targets(node) if t != name)
-    return long_functions, sorted(set(inner_imports)), graph
+    return functions, sorted(set(inner_imports)), graph
 
 
 def main(argv: list[str]) -> int:
-    long_functions, inner_imports, graph = scan()
+    functions, inner_imports, graph = scan()
     trainer = SRC / "trainer.py"
     print(f"srft/trainer.py: {len(trainer.read_text().splitlines())} lines")
+    long_functions = sorted((f for f in functions if f[0] > LIMIT), reverse=True)
     print(f"functions over {LIMIT} lines: {len(long_functions)}")
-    for n, where in sorted(long_functions, reverse=True):
+    for n, where in long_functions:
         print(f"  {n:4d}  {where}")
-    longest = max((n for n, _ in long_functions), default=0)
-    if not long_functions:
-        longest, where = max(((node.end_lineno - node.lineno + 1, f"{p.relative_to(SRC.parent)} {node.name}")
-                              for p in SRC.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
-                              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))))
-        print(f"longest function: {longest} lines ({where})")
+    n, where = max(functions)
+    print(f"longest function: {n} lines ({where})")
     print(f"imports of srft modules inside functions: {len(inner_imports)}")
     for line in inner_imports:
         print(f"  {line}")
