@@ -74,6 +74,9 @@ class DataConfig:
     comma-separated, are summed with data.reward_weights. In Python also a callable or a list."""
     reward_weights: Optional[str] = None
     """Weights of the reward functions when data.reward names several ("a,b"): "1.0,0.5"; None: all 1."""
+    reward_timeout: float = 300.0
+    """Seconds one call of a reward function (on a batch of completions) may take; a call that overruns
+    scores its completions 0, counted in reward/timeouts. Not for the built-in rewards, which have their own."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this are an error."""
     max_demo_tokens: int = 64
@@ -415,6 +418,7 @@ DOMAINS: dict[str, tuple[Any, str]] = {
     "optim.beta2": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
     "optim.warmup_steps": (_non_negative, ">= 0"),
     "optim.max_grad_norm": (_positive, "a finite number > 0 (the clipping norm)"),
+    "data.reward_timeout": (_positive, "a finite number > 0 (seconds per call of a reward function)"),
     "rollout.temperature": (_positive, "a finite number > 0 (training divides the logits by it)"),
     "rollout.top_p": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
     "rollout.is_cap": (_positive, "a finite number > 0"),
