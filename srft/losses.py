@@ -91,15 +91,17 @@ def token_logprobs_and_entropy(
     step = max(n, 1) if not chunk_size or chunk_size <= 0 else chunk_size
     logp_chunks, ent_chunks = [], []
     for start in range(0, n, step):
-        z = flat_logits[start : start + step].float()
+        # logits of -inf (masked vocabulary entries) are raised to -1e30, as the hidden-state path
+        # (srft.chunked_logprobs) does: the same probability, 0, but p * z = 0 and every gradient finite
+        # (with -inf, d(p z)/dp = -inf times the 0 of the mask is NaN in the backward)
+        z = flat_logits[start : start + step].float().clamp(min=-1e30)
         lse = torch.logsumexp(z, dim=-1)
         picked = torch.gather(z, -1, flat_labels[start : start + step].unsqueeze(-1)).squeeze(-1)
         logp_chunks.append(picked - lse)
         if with_entropy:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
                 p = torch.softmax(z, dim=-1)
-                pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # 0 * -inf -> 0
-                ent_chunks.append(lse - pz.sum(-1))  # H = logsumexp(z) - E_p[z]
+                ent_chunks.append(lse - (p * z).sum(-1))  # H = logsumexp(z) - E_p[z]
     logprobs = torch.cat(logp_chunks).reshape(B, T)
     entropy = torch.cat(ent_chunks).reshape(B, T) if with_entropy else None
     return logprobs, entropy

@@ -425,3 +425,43 @@ def test_gate_groups_by_hand():
     assert active.tolist() == [True, True, False, False, False, True, True, True, False]
     active = L.gate_groups(correct, groups, is_demo, gate=1)  # at most 1 correct: prompts 0 and 1 to SFT
     assert active.tolist() == [False, False, True, False, False, True, True, True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_minus_inf_logits_both_paths_finite_and_equal(dtype):
+    """Masked vocabulary entries (logits of -inf): the full-logits path (token_logprobs_and_entropy,
+    used under FSDP / DeepSpeed and with train.logprob_path logits) and the hidden-state path
+    (srft.chunked_logprobs) give finite log-probs, entropies and gradients, and the same ones."""
+    from srft.chunked_logprobs import chunked_logprobs_and_entropy
+
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 12, 8, 20
+    h0 = torch.randn(n, d, generator=g).to(dtype)
+    w0 = (torch.randn(v, d, generator=g) * 0.5).to(dtype)
+    bias = torch.zeros(v, dtype=dtype)
+    bias[[3, 7, 19]] = float("-inf")
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels = torch.where((labels == 3) | (labels == 7) | (labels == 19), torch.zeros_like(labels), labels)
+    c1, c2 = torch.randn(n, generator=g), torch.randn(n, generator=g)  # arbitrary upstream gradients
+
+    def run(path):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        if path == "logits":
+            logits = h @ w.t() + bias  # what the model's output layer gives, in its dtype
+            lp, ent = token_logprobs_and_entropy(logits.unsqueeze(0), labels.unsqueeze(0), chunk_size=5)
+            lp, ent = lp[0], ent[0]
+        else:
+            lp, ent = chunked_logprobs_and_entropy(h, w, labels, bias=bias, chunk_size=5)
+        ((lp * c1).sum() + (ent * c2).sum()).backward()
+        return lp.detach(), ent.detach(), h.grad.float(), w.grad.float()
+
+    full, hidden = run("logits"), run("hidden")
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for name, a, b in zip(("logprobs", "entropy", "grad hidden", "grad weight"), full, hidden):
+        assert torch.isfinite(a).all() and torch.isfinite(b).all(), name
+        assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    # the masked entries take no gradient through the full logits either
+    logits = (h0.float() @ w0.float().t() + bias.float()).requires_grad_()
+    lp, ent = token_logprobs_and_entropy(logits.unsqueeze(0), labels.unsqueeze(0))
+    (lp.sum() + ent.sum()).backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[:, [3, 7, 19]] == 0).all()
