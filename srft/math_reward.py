@@ -22,12 +22,17 @@ Verification (`verify_one`)
 Both sides go through the same normalisation (`srft.answers.normalise_answer`:
 surrounding ``$..$``, ``\\(..\\)``, ``\\[..\\]`` removed, plain scientific notation
 such as ``2.55e-10`` rewritten as ``2.55\\times 10^{-10}``) and parsing: the text is
-parsed as ``\\boxed{<answer>}`` with `LatexExtractionConfig` +
-`ExprExtractionConfig`; when that yields no sympy object, ``$<answer>$`` is
-parsed too. `math_verify.verify(gold, pred)` then decides (numeric, symbolic,
-set/interval, equation ``x=3`` vs ``3``, percent ``50\\%`` vs ``0.5`` and vs
-``50`` ...). Parses are cached per process (LRU), so the G completions of one
-prompt parse their gold once.
+parsed as ``\\boxed{<answer>}`` with `LatexExtractionConfig`; when that yields no
+sympy object, ``$<answer>$`` is parsed too, and then with `ExprExtractionConfig`
+(plain expressions), whose reading counts only when it is the whole answer: that
+extractor finds a number anywhere in a text, so ``3)``, ``3 +``, ``print(3)`` or
+``3 # note`` would otherwise be read as 3. An answer that trails off (``3 \\ldots``,
+``3 ...``) scores 0 unless the ground truth does too. Credit is for a complete
+answer only (`tests/test_math_reward.py::test_pool_incomplete_answers_score_0`).
+`math_verify.verify(gold, pred)` then decides (numeric, symbolic, set/interval,
+equation ``x=3`` vs ``3``, percent ``50\\%`` vs ``0.5`` and vs ``50`` ...).
+Parses are cached per process (LRU), so the G completions of one prompt parse
+their gold once.
 `verify_one` never raises: any exception scores 0.0.
 
 A multi-box prediction is read as math-verify's ``extract_latex`` reads
@@ -117,6 +122,7 @@ import atexit
 import logging
 import multiprocessing.connection as mp_connection
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -199,10 +205,18 @@ def _parse_answer(s: str, op_timeout: int | None) -> tuple:
     text = normalise_answer(s)
     if not text:
         return ()
-    res = list(parse("\\boxed{" + text + "}", extraction_config=_configs(), parsing_timeout=op_timeout))
+    latex, expr = _configs()
+    res = list(parse("\\boxed{" + text + "}", extraction_config=[latex], parsing_timeout=op_timeout))
     if not any(isinstance(r, (Basic, MatrixBase)) for r in res):
-        res += [r for r in parse("$" + text + "$", extraction_config=_configs(), parsing_timeout=op_timeout)
+        res += [r for r in parse("$" + text + "$", extraction_config=[latex], parsing_timeout=op_timeout)
                 if r not in res]
+    if not any(isinstance(r, (Basic, MatrixBase)) for r in res):
+        # a plain expression (no LaTeX reading): only when it is the whole answer. The expression
+        # extractor finds a number anywhere in a text ("3)", "3 +", "print(3)", "3 # note" would read
+        # as 3), so an answer that only starts with or contains the right value is never credited
+        found = parse("$" + text + "$", extraction_config=[expr], parsing_timeout=op_timeout)
+        if any(isinstance(r, str) and _squeeze(r) == _squeeze(text) for r in found):
+            res += [r for r in found if r not in res]
     out = tuple(res)
     if out:
         with _PARSE_CACHE_LOCK:
@@ -210,6 +224,13 @@ def _parse_answer(s: str, op_timeout: int | None) -> tuple:
             while len(_PARSE_CACHE) > _PARSE_CACHE_SIZE:
                 _PARSE_CACHE.popitem(last=False)
     return out
+
+
+_UNFINISHED = re.compile(r"(\\[lc]?dots|\.\.\.|\u2026)\s*\$?\s*$")
+
+
+def _squeeze(s: str) -> str:
+    return "".join(s.split())
 
 
 def _parse_multi(parts: list[str], op_timeout: int | None) -> tuple:
@@ -252,6 +273,8 @@ def verify_one(pred: str | None, gold: str | None, *, op_timeout: int | None = 5
             return 0.0
         if is_choice_letter(gold):
             return choice_score(pred, gold)
+        if _UNFINISHED.search(pred) and not _UNFINISHED.search(gold):
+            return 0.0  # "3 \\ldots": an answer that trails off is not complete (math-verify reads it as 3)
         if op_timeout is not None and threading.current_thread() is not threading.main_thread():
             op_timeout = None  # signal.alarm only works on the main thread
         from math_verify import verify  # heavy and optional: deferred until the first verification

@@ -277,6 +277,38 @@ def test_pool_hostile_inputs(pool):
     assert pool.score(["\\sqrt{8}", "2"], ["2\\sqrt{2}", "3"]) == [1.0, 0.0]
 
 
+# Answers that are not the complete answer (each class scored 0): an expression that only starts with
+# or contains the right value, several values of which one is right, code and LaTeX commands inside a
+# box, an answer that trails off. The right answer is 3 throughout (`gold`).
+INCOMPLETE_ANSWERS = {
+    "starts_with_the_value": ["\\boxed{3x}", "\\boxed{34}", "\\boxed{3.5}", "\\boxed{3^2}", "\\boxed{3\\sqrt{2}}",
+                              "\\boxed{3 + 1}", "\\boxed{3\\cdot 2}", "\\boxed{3!}"],
+    "cut_short_expression": ["\\boxed{3 +}", "\\boxed{3 \\cdot}", "\\boxed{3\\times}", "\\boxed{3-}", "\\boxed{3)}",
+                             "\\boxed{(3}", "\\boxed{3\\}}", "\\boxed{3..}"],
+    "trails_off": ["\\boxed{3 \\ldots}", "\\boxed{3 ...}", "\\boxed{3, \\dots}", "\\boxed{3\u2026}"],
+    "several_values": ["\\boxed{3, 4}", "\\boxed{3,4}", "\\boxed{3;4}", "\\boxed{3 or 4}", "\\boxed{3 \\text{ or } 4}",
+                       "\\boxed{3\\\\4}", "\\boxed{3 \\quad 4}", "\\boxed{\\{3, 4\\}}", "\\boxed{(3, 4)}",
+                       "\\boxed{x = 3, y = 5}", "\\boxed{3 \\pm 1}"],
+    "relation": ["\\boxed{3 < 4}", "\\boxed{3 = 4}", "\\boxed{3 \\neq 3}"],
+    "code_in_the_box": ["\\boxed{__import__('os').system('echo 3')}", "\\boxed{print(3)}", "\\boxed{lambda: 3}",
+                        "\\boxed{3 if True else 4}", "\\boxed{[3 for _ in ()]}", "\\boxed{3 # comment}",
+                        "\\boxed{3; import os}", "\\boxed{```python\nprint(3)\n```}", "\\boxed{`3`}"],
+    "latex_commands": ["\\boxed{3 \\input{/etc/passwd}}", "\\boxed{\\input{/etc/passwd}}",
+                       "\\boxed{3 \\\\ \\text{rm -rf /}}", "\\boxed{\\begin{cases}3\\\\4\\end{cases}}"],
+}
+
+
+@pytest.mark.parametrize("kind", list(INCOMPLETE_ANSWERS))
+def test_pool_incomplete_answers_score_0(pool, kind):
+    """Credit only for a complete answer: the expression extractor's fallback (a number found anywhere
+    in a box that does not parse as LaTeX) counts only when it is the whole answer."""
+    completions = INCOMPLETE_ANSWERS[kind]
+    preds = [extract_prediction(c, "3") for c in completions]
+    scores = pool.score(preds, ["3"] * len(preds))
+    assert [c for c, s in zip(completions, scores) if s != 0.0] == []
+    assert pool.score(["3", "\\frac{6}{2}", "3.0", "x = 3", "\\text{3}"], ["3"] * 5) == [1.0] * 5  # complete: credited
+
+
 def test_hard_timeout_kills_and_replaces_worker():
     """With math_verify's own alarms off, the power tower must be stopped by the kill."""
     with MathVerifier(num_workers=1, timeout_s=1.5, soft_timeout_s=0) as v:
