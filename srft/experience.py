@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from srft import objective
 from srft.data import Example, pick_demos
 from srft.distributed import Dist
-from srft.rewards import RewardState, score_completions
+from srft.rewards import RewardError, RewardState, score_completions
 from srft.rollout.base import RolloutEngine, SamplingParams, derive_seed
 from srft.samples import Sample, ratio
 
@@ -57,9 +57,11 @@ class ExperienceMaker:
         t0 = time.perf_counter()
         samples, prompts, texts, rows = self._assemble(exs, gen)
         per_fn: dict[str, list] = {}
-        n_none, gated = self._score(samples, prompts, texts, rows, step, per_fn)
+        reward_stats: dict[str, int] = {}
+        n_none, gated = self._score(samples, prompts, texts, rows, step, per_fn, reward_stats)
         timings["time/reward"] = time.perf_counter() - t0
-        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated),
+        info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated,
+                                              reward_stats.get("timeouts", 0)),
                 **self._reward_statistics(samples, per_fn)}
         if self.cfg.train.save_rollouts:
             self.dump_rollouts(samples, idx, step)
@@ -109,10 +111,10 @@ class ExperienceMaker:
         return samples, prompts, texts, rows
 
     def _score(self, samples: list[Sample], prompts: list, texts: list[str], rows: list[Example],
-                step: int, per_fn: dict[str, list]) -> tuple[int, bool]:
+               step: int, per_fn: dict[str, list], stats: dict | None = None) -> tuple[int, bool]:
         """Rewards, advantages and the objective's gate, set on the samples (each reward function's
-        own values into `per_fn`); returns how many rewards were None (scored 0) and whether the
-        objective gates samples."""
+        own values into `per_fn`, the count of completions whose reward call timed out into `stats`);
+        returns how many rewards were None (scored 0) and whether the objective gates samples."""
         gated = objective.gates_samples(self.cfg.objective)
         if not samples:
             return 0, gated
@@ -121,9 +123,13 @@ class ExperienceMaker:
         state = RewardState(global_step=step, max_steps=self.cfg.train.max_steps)
         rewards, n_none = score_completions(self.reward_fn, prompts, texts, columns,
                                             completion_ids=[s.response_ids for s in samples], state=state,
-                                            per_function=per_fn)
+                                            per_function=per_fn, stats=stats)
         groups, is_demo = [s.group for s in samples], [s.is_demo for s in samples]
         adv = objective.advantages(self.cfg.objective, rewards, groups, is_demo)
+        if not bool(adv.isfinite().all()):
+            raise RewardError(f"step {step + 1}: the group advantages are not finite: the rewards (from "
+                              f"{min(rewards):g} to {max(rewards):g}) are too large to normalise; scale the rewards "
+                              f"down (or data.reward_weights)")
         for s, r, a in zip(samples, rewards, adv.tolist()):
             s.reward, s.advantage = r, a
         active = objective.sample_gate(self.cfg.objective, rewards, groups, is_demo)
@@ -132,7 +138,7 @@ class ExperienceMaker:
         return n_none, gated
 
     def _statistics(self, samples: list[Sample], exs, finished: list[bool], n_none: int,
-                    gated: bool) -> dict[str, float]:
+                    gated: bool, timeouts: int = 0) -> dict[str, float]:
         """The step's reward, length and group metrics over every rank (docs/metrics.md); with a
         gate, the share of prompts whose demonstrations enter the loss (gate/sft_share)."""
         roll = [s for s in samples if not s.is_demo]
@@ -140,17 +146,18 @@ class ExperienceMaker:
         zero_groups = sum(1 for g, _ in exs if len({s.reward for s in samples if s.group == g}) <= 1)
         n_sft_groups = float(len({s.group for s in demo if s.active})) if gated and samples else 0.0
         # global statistics: one all-reduce of sums and counts, one of maxima
-        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g) = self.dist.sum([
+        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g, timed_out) = self.dist.sum([
             sum(s.reward for s in roll), len(roll), sum(s.reward for s in demo), len(demo),
             sum(float(s.reward >= 1.0) for s in roll), n_none, zero_groups, len(exs),
             sum(len(s.response_ids) for s in roll), sum(0.0 if f else 1.0 for f in finished),
-            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll), n_sft_groups])
+            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll), n_sft_groups, timeouts])
         (max_len,) = self.dist.max([max([len(s.response_ids) for s in roll], default=0)])
         info = {
             "reward/mean": ratio(r_sum, r_n),
             "reward/demo": ratio(d_sum, d_n),
             "reward/accuracy": ratio(acc, r_n),
             "reward/none": float(none),
+            "reward/timeouts": float(timed_out),
             "advantage/zero_groups": zg / max(1.0, ng),
             "response_length/mean": ratio(len_sum, r_n),
             "response_length/max": float(max_len),

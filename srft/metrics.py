@@ -25,6 +25,8 @@ METRICS: dict[str, str] = {
     "rewards/<function>/std": "standard deviation (Bessel-corrected) of one reward function's values over the "
                               "step's rollouts",
     "reward/none": "number of samples the reward function returned None for (scored 0)",
+    "reward/timeouts": "number of completions scored 0 because a reward function's call did not return within "
+                       "data.reward_timeout",
     "advantage/zero_groups": "share of groups whose rewards are all equal (A = 0 for all their samples)",
     "entropy/rollout": "mean token entropy H = -sum_v p log p over rollout tokens, before the update (as the sampler "
                        "computed it, in one-pass on-policy mode)",

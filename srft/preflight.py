@@ -78,7 +78,8 @@ def preflight(cfg: Config, model_given: bool = False) -> list:
     `model_given`: the model is an object (the Python API), so no path to check."""
     cfg.validate()
     try:
-        rewards = resolve_rewards(cfg.data.reward, cfg.data.dataset, cfg.data.reward_weights)
+        rewards = resolve_rewards(cfg.data.reward, cfg.data.dataset, cfg.data.reward_weights,
+                                  timeout=cfg.data.reward_timeout)
     except ValueError as e:
         raise ValueError(str(e) if str(e).startswith("data.reward") else f"data.reward: {e}") from None
     check_trackers(cfg.train.report_to)

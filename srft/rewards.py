@@ -20,6 +20,20 @@ it a number; when none did it is None, which scores 0 and is counted (`reward/no
 
 Built-in rewards are selected by name ("testbed", "math"); any other function by import
 path, "package.module:function" (or "package.module.function"), or passed as a callable.
+
+Time limit (`data.reward_timeout`, seconds per call of a function on a batch): every function
+other than the built-ins (which have their own limits: the math verifier's per-answer kill)
+runs in a daemon thread that is waited for that long. A call that has not returned by then is
+abandoned (a thread cannot be stopped; being a daemon it never keeps the process from exiting)
+and its completions score 0, counted (`reward/timeouts`) and said on stderr, as the math
+verifier's timeouts are. A function that only works on the main thread (math-verify's
+`parse`/`verify` with their default signal-based timeouts, as TRL's `accuracy_reward` calls
+them) is detected by its error and from then on called on the calling thread, under its own
+time limits.
+
+Values: None or NaN mean "no reward" (above); an infinite value, or a weighted sum that
+overflows, stops the run with a `RewardError` naming the function and the completion (a
+non-finite reward would make every advantage of its group NaN).
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -46,6 +62,10 @@ class Reward:
     name: str
     fn: RewardFn
     weight: float = 1.0
+    timeout: float | None = None
+    """seconds a call may take (data.reward_timeout); None: no limit (the built-ins)"""
+    main_thread: bool = False
+    """called on the calling thread (the function refused to run on another one)"""
 
 BUILTIN_REWARDS = {
     "testbed": "srft.testbed.tasks:chain_sum_reward",
@@ -80,9 +100,10 @@ def get_reward_fn(name: Union[str, Callable], dataset: str = "testbed") -> Rewar
 
 
 def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], dataset: str = "testbed",
-                    weights: Union[None, str, Sequence[float]] = None) -> list[Reward]:
+                    weights: Union[None, str, Sequence[float]] = None, timeout: float | None = None) -> list[Reward]:
     """The reward functions of `data.reward` (a name, an import path, a callable, a comma-separated
-    string or a list of those) with `data.reward_weights`; a ValueError naming what is wrong."""
+    string or a list of those) with `data.reward_weights`; a ValueError naming what is wrong.
+    `timeout`: data.reward_timeout, for every function but the built-ins."""
     if isinstance(spec, str):
         items: list = [x.strip() for x in spec.split(",") if x.strip()]
     elif callable(spec):
@@ -101,6 +122,9 @@ def resolve_rewards(spec: Union[str, Callable, Sequence[Union[str, Callable]]], 
                              f"({', '.join(r.name for r in fns)})")
         for r, w in zip(fns, ws):
             r.weight = w
+    for r, x in zip(fns, items):
+        builtin = isinstance(x, str) and (x in BUILTIN_REWARDS or x == "auto")
+        r.timeout = None if builtin else timeout
     return fns
 
 
@@ -139,7 +163,57 @@ def _run_coroutine(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float]]:
+def _run(fn: Callable, kwargs: dict[str, Any]):
+    out = fn(**kwargs)
+    if inspect.isawaitable(out):  # an async reward function (TRL accepts them too)
+        out = _run_coroutine(out)
+    return out
+
+
+class _TimedOut(Exception):
+    """A reward call that did not return within its time limit."""
+
+
+def _invoke(reward: Reward, kwargs: dict[str, Any]):
+    """reward.fn(**kwargs), run to completion, under reward.timeout (see the module docstring);
+    raises _TimedOut when the call overruns. The function's own exceptions propagate."""
+    if reward.timeout is None or reward.main_thread:
+        return _run(reward.fn, kwargs)
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["out"] = _run(reward.fn, kwargs)
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name=f"srft-reward-{reward.name}", daemon=True)
+    worker.start()
+    worker.join(reward.timeout)
+    if worker.is_alive():
+        raise _TimedOut
+    if "error" in box:
+        if not _needs_main_thread(box["error"]):
+            raise box["error"]
+        reward.main_thread = True
+        print(f"[srft] reward function {reward.name!r} only runs on the main thread (it uses signals, as "
+              f"math-verify's default timeouts do): it is called there from now on, without data.reward_timeout",
+              file=sys.stderr, flush=True)
+        return _run(reward.fn, kwargs)
+    return box["out"]
+
+
+def _needs_main_thread(e: BaseException) -> bool:
+    """An error of a function that tried to use signals off the main thread (math-verify wraps it)."""
+    while e is not None:
+        text = str(e)
+        if "signal only works in main thread" in text or "doesn't support threaded environment" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _call(reward: Reward, n: int, kwargs: dict[str, Any], stats: dict | None = None) -> list[Optional[float]]:
     fn, state = reward.fn, kwargs.get("trainer_state")
     try:
         params = inspect.signature(fn).parameters
@@ -148,9 +222,15 @@ def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float
     if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in params}
     try:
-        out = fn(**kwargs)
-        if inspect.isawaitable(out):  # an async reward function (TRL accepts them too)
-            out = _run_coroutine(out)
+        out = _invoke(reward, kwargs)
+    except _TimedOut:
+        step = f" at step {state.global_step + 1}" if isinstance(state, RewardState) else ""
+        print(f"[srft] warning: reward function {reward.name!r} did not return within data.reward_timeout="
+              f"{reward.timeout:g} s{step}; its {n} completions score 0 (counted in reward/timeouts); the call is "
+              f"left running in the background", file=sys.stderr, flush=True)
+        if stats is not None:
+            stats["timeouts"] = stats.get("timeouts", 0) + n
+        return [0.0] * n
     except Exception as e:
         raise RewardError(_raised_message(reward, kwargs, n, e, state)) from e
     if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
@@ -161,14 +241,21 @@ def _call(reward: Reward, n: int, kwargs: dict[str, Any]) -> list[Optional[float
         raise ValueError(f"reward function {reward.name!r} returned {len(out)} values for {n} completions")
     vals: list[Optional[float]] = []
     for i, r in enumerate(out):
-        if r is None or (isinstance(r, float) and math.isnan(r)):
+        if r is None:
             vals.append(None)
             continue
         try:
-            vals.append(float(r))
+            v = float(r)
         except (TypeError, ValueError):
             raise ValueError(f"reward function {reward.name!r} returned {r!r} (a {type(r).__name__}) for completion "
                              f"{i}; expected a number or None") from None
+        if math.isinf(v):
+            step = f" at step {state.global_step + 1}" if isinstance(state, RewardState) else ""
+            prompt = str((kwargs.get("prompts") or [None] * n)[i])[:120]
+            raise RewardError(f"reward function {reward.name!r} returned a non-finite reward, {v}, for completion {i}"
+                              f"{step} (prompt {prompt!r}): rewards must be finite numbers (None or NaN: no reward); "
+                              f"the run stopped before training on it")
+        vals.append(None if math.isnan(v) else v)
     return vals
 
 
@@ -185,9 +272,9 @@ def _raised_message(reward: Reward, kwargs: dict[str, Any], n: int, error: Excep
     for i in range(n):
         one = {k: ([v[i]] if isinstance(v, list) and len(v) == n else v) for k, v in kwargs.items()}
         try:
-            out = reward.fn(**one)
-            if inspect.isawaitable(out):
-                _run_coroutine(out)
+            _invoke(reward, one)
+        except _TimedOut:
+            continue
         except Exception:
             row = i
             break
@@ -201,11 +288,12 @@ def _raised_message(reward: Reward, kwargs: dict[str, Any], n: int, error: Excep
 def score_completions(
     fn: Union[RewardFn, Sequence[Reward]], prompts: list, completions: list[str], columns: dict[str, list[Any]],
     completion_ids: Optional[list[list[int]]] = None, state: Optional[RewardState] = None,
-    per_function: Optional[dict[str, list[Optional[float]]]] = None,
+    per_function: Optional[dict[str, list[Optional[float]]]] = None, stats: dict | None = None,
 ) -> tuple[list[float], int]:
     """Call the reward function(s) as TRL does (keyword arguments); returns (the weighted sum per
     completion, 0 where no function gave a number, and the number of such completions).
-    per_function: filled with each function's own values, by name (a repeated name gets "_2", ...)."""
+    per_function: filled with each function's own values, by name (a repeated name gets "_2", ...).
+    stats: gets "timeouts", the completions scored 0 because a call overran data.reward_timeout."""
     rewards = [Reward(getattr(fn, "__name__", "reward"), fn)] if callable(fn) else list(fn)
     n = len(completions)
     # TRL's convention: a completion of a conversational prompt (a message list) is a message list
@@ -213,7 +301,7 @@ def score_completions(
                    for p, c in zip(prompts, completions)]
     kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
               "trainer_state": state or RewardState(), **columns}
-    per_fn = [_call(r, n, dict(kwargs)) for r in rewards]
+    per_fn = [_call(r, n, dict(kwargs), stats) for r in rewards]
     if per_function is not None:
         for r, v in zip(rewards, per_fn):
             name, k = r.name, 1
@@ -229,4 +317,8 @@ def score_completions(
             total.append(0.0)
         else:
             total.append(sum(w * x for w, x in got))
+            if not math.isfinite(total[-1]):
+                values = ", ".join(f"{r.name} {v[i]} x {r.weight:g}" for r, v in zip(rewards, per_fn))
+                raise RewardError(f"the weighted reward of completion {i} is not finite ({values}): a non-finite "
+                                  f"reward; lower the rewards or data.reward_weights")
     return total, n_none

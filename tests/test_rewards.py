@@ -141,3 +141,91 @@ def test_a_hub_reward_model_is_named_as_not_supported():
     with pytest.raises(ValueError, match=r"'Org/reward-model' looks like a hub reward model: reward models are not "
                                          r"supported"):
         resolve_rewards("Org/reward-model")
+
+
+# ------------------------------------------------------------------ time limit, non-finite values
+def sleeps_forever(completions, **kwargs):
+    import threading
+
+    threading.Event().wait()  # never returns
+
+
+async def awaits_forever(completions, **kwargs):
+    import asyncio
+
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("fn", [sleeps_forever, awaits_forever], ids=["sync", "async"])
+def test_a_reward_that_never_returns_scores_0_after_its_time_limit(fn, capsys):
+    """data.reward_timeout: a call that overruns scores its completions 0 and is counted, as the
+    math verifier's timeouts are; the other function of the batch still counts."""
+    import time
+
+    rewards = resolve_rewards([fn, reward_len], timeout=0.3)
+    stats, per_fn = {}, {}
+    t0 = time.monotonic()
+    total, n_none = score_completions(rewards, PROMPTS, COMPLETIONS, COLUMNS, state=RewardState(4, 10),
+                                      per_function=per_fn, stats=stats)
+    assert time.monotonic() - t0 < 3
+    assert per_fn[fn.__name__] == [0.0, 0.0, 0.0] and stats == {"timeouts": 3} and n_none == 0
+    assert total == reward_len(COMPLETIONS)
+    err = capsys.readouterr().err
+    assert (f"reward function {fn.__name__!r} did not return within data.reward_timeout=0.3 s at step 5; its 3 "
+            f"completions score 0 (counted in reward/timeouts)") in err
+
+
+def test_built_in_rewards_run_without_the_limit_and_custom_ones_with_it():
+    testbed, custom, by_path = resolve_rewards("testbed," + __name__ + ":reward_len,math", timeout=7)[:3]
+    assert (testbed.timeout, custom.timeout, by_path.timeout) == (None, 7, None)
+    assert resolve_rewards([reward_len], timeout=7)[0].timeout == 7
+
+
+def test_a_reward_that_needs_the_main_thread_runs_there():
+    """math-verify's parse/verify use signal.alarm by default (as TRL's accuracy_reward calls them),
+    which only works on the main thread: such a function is called there (without the limit)."""
+    import signal
+
+    def uses_alarm(completions, **kwargs):
+        old = signal.signal(signal.SIGALRM, lambda *_: None)  # ValueError off the main thread
+        signal.signal(signal.SIGALRM, old)
+        return [1.0] * len(completions)
+
+    def math_verify_style(completions, answer, **kwargs):
+        from math_verify import parse, verify
+
+        return [float(verify(parse(a), parse(c))) for c, a in zip(completions, answer)]
+
+    [r, mv] = resolve_rewards([uses_alarm, math_verify_style], timeout=5)
+    assert score_completions([r], PROMPTS, COMPLETIONS, COLUMNS)[0] == [1.0, 1.0, 1.0] and r.main_thread
+    assert score_completions([mv], ["q"], ["$4$"], {"answer": ["$4$"]})[0] == [1.0] and mv.main_thread
+
+
+def test_a_process_with_an_abandoned_reward_call_exits():
+    """The overrunning call's thread is a daemon: the process exits at once when it is done."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading\nfrom srft.rewards import resolve_rewards, score_completions\n"
+            "def hang(completions, **kw):\n    threading.Event().wait()\n"
+            "print(score_completions(resolve_rewards([hang], timeout=0.2), ['p'], ['c'], {}, stats={})[0])\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[0.0]" and time.monotonic() - t0 < 30, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_non_finite_rewards_are_named_as_such(value):
+    def bad(completions, **kwargs):
+        return [1.0, value, 0.0]
+
+    with pytest.raises(ValueError, match=re.escape(f"reward function 'bad' returned a non-finite reward, {value}, "
+                                                   f"for completion 1 at step 3 (prompt 'capital of France?')")):
+        score_completions(resolve_rewards([bad]), PROMPTS, COMPLETIONS, COLUMNS, state=RewardState(2, 10))
+    # NaN stays "no reward" (TRL's convention), and a weighted sum that overflows is named too
+    nan = resolve_rewards([lambda completions, **k: [float("nan")] * 3])
+    assert score_completions(nan, PROMPTS, COMPLETIONS, COLUMNS)[1] == 3
+    big = resolve_rewards([lambda completions, **k: [1e308] * 3, lambda completions, **k: [1e308] * 3])
+    with pytest.raises(ValueError, match=r"weighted reward of completion 0 is not finite .*a non-finite reward"):
+        score_completions(big, PROMPTS, COMPLETIONS, COLUMNS)
