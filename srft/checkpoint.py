@@ -21,19 +21,30 @@ previous checkpoints or the complete new one; a `.tmp-*` folder is never taken f
 a checkpoint and is removed on resume. Loading goes through `accelerator.load_state`
 (safetensors for the weights, `torch.load(weights_only=True)` for the rest).
 
-Resume (`srft train --resume DIR`, `train.resume`): `resume_point` finds the newest complete
-checkpoint and refuses a run with nothing left to train; `check_resumable` refuses a
+trainer_state.json also lists every file of the checkpoint with its size (`files`): a
+checkpoint whose files are missing, cut short or grown since (a disk that filled up, a copy
+cut short) is damaged, and resume takes the newest intact one instead (`damage`).
+
+Resume (`srft train --resume DIR`, `train.resume`): `resume_point` finds the newest intact
+checkpoint and refuses a run with nothing left to train (its steps done and its end written:
+`run_is_complete`); a run whose steps are done but whose final/, eval.json or plots are
+missing resumes at its last step and writes them. `check_resumable` refuses a
 checkpoint written for other data or another number of processes; `load_checkpoint`
 restores every rank's state; `trainer_state` is what trainer_state.json holds.
-`check_finite` keeps non-finite weights from ever being saved.
+`check_finite` keeps non-finite weights from ever being saved. A save that fails (a full
+disk: an OSError, or the RuntimeError of torch's or safetensors' writer) stops the run with a
+`TrainingError` naming the last good checkpoint; its half-written folder is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -61,6 +72,45 @@ def read_state(ck: Path) -> dict:
     return json.loads((Path(ck) / STATE_FILE).read_text())
 
 
+def checkpoints(run_dir) -> list[Path]:
+    """The complete checkpoints of a run folder (trainer_state.json present), newest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
+             if (m := CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir() and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (trainer_state.json aside) with its size in bytes."""
+    folder = Path(folder)
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != STATE_FILE}
+
+
+def damage(ck: Path) -> str | None:
+    """Why checkpoint `ck` cannot be resumed from (None: intact): its trainer_state.json does not
+    read, or a file it lists is missing or has another size than was written. Checkpoints of
+    srft versions before the file list are taken as intact."""
+    try:
+        state = read_state(ck)
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} does not read ({type(e).__name__})"
+    for name, size in (state.get("files") or {}).items():
+        f = Path(ck) / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def run_is_complete(run_dir) -> bool:
+    """Whether the end of a run is written: final/, eval.json and the plots (written in that order)."""
+    run_dir = Path(run_dir)
+    return ((run_dir / "final").is_dir() and (run_dir / "eval.json").is_file()
+            and (run_dir / "plots" / "accuracy.png").is_file())
+
+
 def fsync_tree(folder: Path) -> None:
     """Flush a folder's files to disk before it is renamed into place."""
     for f in Path(folder).rglob("*"):
@@ -84,16 +134,19 @@ def save_checkpoint(accelerator, dist, run_dir: Path, step: int, state: dict, to
             shutil.rmtree(tmp)
         tmp.mkdir()
     dist.barrier()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with _writing(run_dir, tmp, step, f"checkpoint {final.name}", dist.is_main):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     dist.barrier()
     if dist.is_main:
-        tokenizer.save_pretrained(tmp)
-        if hasattr(unwrapped, "peft_config"):
-            unwrapped.save_pretrained(tmp, safe_serialization=True)  # the adapter alone
-        elif (tmp / "model.safetensors").is_file():
-            unwrapped.config.save_pretrained(tmp)  # full weights + config: loads with from_pretrained
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))  # last: marks it complete
-        fsync_tree(tmp)
+        with _writing(run_dir, tmp, step, f"checkpoint {final.name}", True):
+            tokenizer.save_pretrained(tmp)
+            if hasattr(unwrapped, "peft_config"):
+                unwrapped.save_pretrained(tmp, safe_serialization=True)  # the adapter alone
+            elif (tmp / "model.safetensors").is_file():
+                unwrapped.config.save_pretrained(tmp)  # full weights + config: loads with from_pretrained
+            full = {**state, "step": step, "files": file_sizes(tmp)}
+            (tmp / STATE_FILE).write_text(json.dumps(full, indent=2))  # last: marks it complete
+            fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -115,10 +168,65 @@ def load_checkpoint(accelerator, ck: Path) -> dict:
     return read_state(ck)
 
 
-def remove_partial_saves(run_dir: Path) -> None:
-    """Drop .tmp-* folders left by a save that a crash cut short."""
-    for stale in (Path(run_dir) / "checkpoints").glob(".tmp-*"):
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path, tmp: Path, step: int | None, what: str, is_main: bool) -> Iterator[None]:
+    """A failed write (a full disk: an OSError from Python, the RuntimeError of torch's writer,
+    safetensors' error) becomes a TrainingError naming the last good checkpoint; the main process
+    removes the half-written folder `tmp` (it was never a checkpoint; removing it frees the space)."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, TrainingError):
+            raise
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        text = f"{type(e).__name__}: {e}".strip()[:400]
+        full = (getattr(e, "errno", None) in FULL_DISK
+                or any(w in text.lower() for w in ("no space", "file too large", "quota", "write failed", "i/o error",
+                                                   "unexpected pos", "pytorchstreamwriter")))
+        where = "" if step is None else f"step {step}: "
+        why = " - the disk is full (or a file size or quota limit was hit)" if full else ""
+        raise TrainingError(
+            f"{where}writing the {what} failed ({text}){why}. The run stopped. Last good checkpoint: "
+            f"{latest_checkpoint(run_dir) or 'none'}; once there is room, srft train --resume {run_dir} "
+            f"continues from it") from e
+
+
+def remove_partial_saves(run_dir: Path, resume_from: Path | None = None) -> list[str]:
+    """Drop .tmp-* folders left by a save that a crash cut short. With `resume_from` (the
+    checkpoint a resume starts from), the damaged checkpoints newer than it are set aside as
+    checkpoints/.damaged-step-NNNNNN (kept for inspection, never taken for a checkpoint, replaced by
+    a later one of the same step). Returns a line for the log per damaged checkpoint."""
+    root = Path(run_dir) / "checkpoints"
+    for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    notes = []
+    for ck in checkpoints(run_dir) if resume_from is not None else []:
+        if ck == Path(resume_from) or int(CHECKPOINT_NAME.fullmatch(ck.name).group(1)) < _step_of(resume_from):
+            continue
+        why = damage(ck) or "not intact"
+        aside = root / f".damaged-{ck.name}"
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(ck, aside)
+        notes.append(f"[srft] checkpoint {ck.name} is damaged ({why}): set aside as {aside}; resuming from "
+                     f"{Path(resume_from).name}, the newest intact checkpoint")
+    return notes
+
+
+def _step_of(ck: Path) -> int:
+    return int(CHECKPOINT_NAME.fullmatch(Path(ck).name).group(1))
+
+
+def resume_message(run_dir: Path, ck: Path, step: int, max_steps: int) -> str:
+    """The log line of a resume."""
+    line = f"[srft] resuming {run_dir} from checkpoint {Path(ck).name} (step {step} of {max_steps})"
+    if step >= max_steps:
+        line += "; every step is done: writing the run's end (final/, eval.json, plots)"
+    return line
 
 
 def save_final_model(accelerator, dist, model, unwrapped, tokenizer, run_dir: Path) -> Path:
@@ -133,14 +241,15 @@ def save_final_model(accelerator, dist, model, unwrapped, tokenizer, run_dir: Pa
     if dist.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
-        if is_peft:
-            unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
-            merged = unwrapped.merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
-        else:
-            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        fsync_tree(tmp)
+        with _writing(run_dir, tmp, None, "final model (final/)", True):
+            if is_peft:
+                unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
+                merged = unwrapped.merge_and_unload()
+                merged.save_pretrained(tmp, safe_serialization=True)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -149,24 +258,34 @@ def save_final_model(accelerator, dist, model, unwrapped, tokenizer, run_dir: Pa
 
 
 def trainer_state(step: int, sampler_state: dict, model_path: str, nonfinite_streak: int, eval_before: dict,
-                  eval_history: list, world_size: int) -> dict:
-    """The trainer's part of a checkpoint (trainer_state.json): what accelerate's state does not hold."""
-    return {"step": step, "sampler": sampler_state, "model": model_path, "nonfinite_streak": nonfinite_streak,
-            "eval_before": eval_before, "eval_history": eval_history, "world_size": world_size}
+                  eval_history: list, world_size: int, eval_after: dict | None = None) -> dict:
+    """The trainer's part of a checkpoint (trainer_state.json): what accelerate's state does not hold.
+    `eval_after`: at the run's last step, its final evaluation (eval.json's "after"), so that a
+    resume after the last step writes the uninterrupted run's eval.json without evaluating again."""
+    state = {"step": step, "sampler": sampler_state, "model": model_path, "nonfinite_streak": nonfinite_streak,
+             "eval_before": eval_before, "eval_history": eval_history, "world_size": world_size}
+    if eval_after is not None:
+        state["eval_after"] = eval_after
+    return state
 
 
 def resume_point(run_dir: Path, max_steps: int) -> tuple[Path, dict]:
-    """The newest complete checkpoint of the run folder and its trainer state; a TrainingError
-    when there is none or the run is already complete."""
+    """The newest intact checkpoint of the run folder (damaged newer ones are passed over: see
+    `damage`) and its trainer state; a TrainingError when there is none, or when the run is
+    complete (its steps done, its final/, eval.json and plots written). A checkpoint at the last
+    step of a run whose end is missing is returned: the resume writes that end."""
     run_dir = Path(run_dir)
-    ck = latest_checkpoint(run_dir)
-    if ck is None:
+    found = checkpoints(run_dir)
+    intact = next((ck for ck in found if damage(ck) is None), None)
+    if intact is None:
+        damaged = "; ".join(f"{ck.name}: {damage(ck)}" for ck in found)
         raise TrainingError(
-            f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (one is written every "
-            f"train.save_every steps); nothing to resume. To start the run over: srft train --config "
-            f"{run_dir / 'config.yaml'} --output-dir {run_dir} --train.overwrite true")
-    state = read_state(ck)
-    if state["step"] >= max_steps:
+            f"--resume {run_dir}: no {'intact' if found else 'complete'} checkpoint in {run_dir / 'checkpoints'} "
+            f"({'damaged: ' + damaged if found else 'one is written every train.save_every steps'}); nothing to "
+            f"resume. To start the run over: srft train --config {run_dir / 'config.yaml'} --output-dir {run_dir} "
+            f"--train.overwrite true")
+    ck, state = intact, read_state(intact)
+    if state["step"] > max_steps or (state["step"] == max_steps and run_is_complete(run_dir)):
         raise TrainingError(f"--resume {run_dir}: checkpoint {ck.name} is at step {state['step']} and "
                             f"train.max_steps is {max_steps}: nothing left to train (pass "
                             f"--max-steps N with N > {state['step']} to train further)")

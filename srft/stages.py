@@ -27,11 +27,11 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from srft.checkpoint import latest_checkpoint
+from srft.checkpoint import latest_checkpoint, run_is_complete
 from srft.config import Config, apply_overrides, apply_preset, flatten, save_config, to_dict
 from srft.distributed import launched_rank
 from srft.presets import get_preset
-from srft.run_dir import finish_run, refuse_used_output_dir
+from srft.run_dir import RunFolderLock, clear_previous_run, finish_run, refuse_used_output_dir
 from srft.trainer import Trainer
 
 
@@ -88,7 +88,8 @@ def _resume_stage(scfg: Config, is_last: bool, out: Path, log) -> Optional[dict]
     checkpoint resumes from it, one without starts over."""
     sdir = Path(scfg.train.output_dir)
     done = sdir / "eval.json"
-    if done.exists() and ((sdir / "final").exists() or (is_last and (out / "final").exists())):
+    if done.exists() and (sdir / "plots" / "accuracy.png").exists() and (
+            (sdir / "final").exists() or (is_last and (out / "final").exists())):
         log(f"[srft] stage {sdir.name} is complete")
         return json.loads(done.read_text())
     if latest_checkpoint(sdir) is not None:
@@ -101,15 +102,28 @@ def _resume_stage(scfg: Config, is_last: bool, out: Path, log) -> Optional[dict]
 def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
     """Run every stage; returns the same result dict as `Trainer.train`. With
     `train.resume` (the run folder), finished stages are kept and the unfinished one
-    continues from its newest checkpoint (see `srft.trainer.Trainer`)."""
-    trainer_cls = trainer_cls or Trainer
+    continues from its newest checkpoint (see `srft.trainer.Trainer`). The run folder is locked
+    for the whole run by the main process (`srft.run_dir.RunFolderLock`; each stage's trainer
+    locks its own sub-folder too)."""
     cfg, _ = apply_preset(cfg)  # a config made in Python gets its preset's values (a no-op from the CLI)
+    lock = RunFolderLock(Path(cfg.train.output_dir), log)
+    if launched_rank() == 0:
+        lock.acquire()
+    try:
+        return _run_stages(cfg, log, trainer_cls or Trainer)
+    finally:
+        lock.release()
+
+
+def _run_stages(cfg: Config, log, trainer_cls) -> dict:
     out = Path(cfg.train.output_dir)
     resume = bool(cfg.train.resume)
     refuse_used_output_dir(cfg)
-    if resume and (out / "eval.json").exists() and (out / "final").exists():
-        raise ValueError(f"--resume {out}: the run is complete (eval.json and final/ are there)")
+    if resume and run_is_complete(out):
+        raise ValueError(f"--resume {out}: the run is complete (final/, eval.json and plots/ are there)")
     main = launched_rank() == 0  # several processes: each stage trains on all, the main one writes
+    if main and cfg.train.overwrite and not resume:
+        clear_previous_run(out, log)
     out.mkdir(parents=True, exist_ok=True)
     if not resume and main:
         save_config(cfg, out / "config.yaml")

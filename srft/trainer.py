@@ -64,6 +64,7 @@ from srft.policy import PolicyScorer
 from srft.rewards import RewardState
 from srft.rollout import make_engine
 from srft.run_dir import finish_run, refuse_used_output_dir, start_step_logs  # noqa: F401 (re-exported)
+from srft.run_dir import hold_run_folder, holding_run_folder, releasing_run_folder_on_error
 from srft.run_inputs import RunInputs, prepare_run
 from srft.run_log import CompletionLog, ProgressLog
 from srft.samples import Sample, collate  # noqa: F401 (re-exported)
@@ -71,11 +72,14 @@ from srft.update import Updater, make_optimizer, old_logprobs, pi_old_mode, reap
 
 
 class Trainer:
+    @releasing_run_folder_on_error
     def __init__(self, cfg: Config, log=print, model=None, tokenizer=None, inputs: Optional[RunInputs] = None):
         """`model` / `tokenizer`: objects to train instead of loading cfg.model.name_or_path (the
         Python API, `srft.SRFTTrainer`); the tokenizer is then loaded from the model's folder when
         not given. `inputs`: the run's inputs when already built (`srft.run_inputs.prepare_run`)."""
         inputs = inputs or prepare_run(cfg, model_given=model is not None)
+        # the run folder's one owner (main process), before anything is written or loaded (srft.run_dir)
+        self.run_lock = hold_run_folder(inputs, log)
         self.cfg = cfg = inputs.cfg
         self.reward_fn, self.out = inputs.reward_fn, Path(cfg.train.output_dir)
         self.resume_from = inputs.resume_from
@@ -103,6 +107,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0  # consecutive steps whose updates were skipped (non-finite)
         self.eval_before: dict = {}
+        self.eval_after: Optional[dict] = None  # the last step's evaluation (kept in its checkpoint)
         self.eval_history: list[dict] = []
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None,
                                      enabled=self.dist.is_main)
@@ -166,11 +171,12 @@ class Trainer:
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.eval_before = state.get("eval_before", {})
         self.eval_history = state.get("eval_history", [])
-        if self.dist.is_main:
-            ckpt.remove_partial_saves(self.out)
+        self.eval_after = state.get("eval_after")
+        damaged = ckpt.remove_partial_saves(self.out, ck) if self.dist.is_main else []
         self.dist.barrier()
-        self.log(f"[srft] resuming {self.out} from checkpoint {ck.name} (step {self.step} of "
-                 f"{self.cfg.train.max_steps})")
+        for line in damaged:
+            self.log(line)
+        self.log(ckpt.resume_message(self.out, ck, self.step, self.cfg.train.max_steps))
 
     @property
     def is_peft(self) -> bool:
@@ -247,7 +253,8 @@ class Trainer:
 
     def trainer_state(self) -> dict:
         return ckpt.trainer_state(self.step, self.sampler.state_dict(), self.model_path, self.nonfinite_streak,
-                                  self.eval_before, self.eval_history, self.dist.world)
+                                  self.eval_before, self.eval_history, self.dist.world,
+                                  eval_after=self.eval_after if self.step >= self.cfg.train.max_steps else None)
 
     def save_checkpoint(self) -> Path:
         """checkpoints/step-NNNNNN (see srft.checkpoint): every rank's state through accelerate,
@@ -304,6 +311,7 @@ class Trainer:
             self.eval_history.append({"step": self.step, **{k: v["accuracy"] for k, v in res.items()}})
         return res if last else None
 
+    @holding_run_folder
     def train(self) -> dict:
         cfg, dist = self.cfg, self.dist
         t_start = time.perf_counter()
@@ -311,12 +319,14 @@ class Trainer:
         bar = tqdm(range(self.step, cfg.train.max_steps), desc=f"train {cfg.train.preset}",
                    disable=None if dist.is_main else True)
         after = self.eval_before
+        if self.step >= cfg.train.max_steps:  # resumed after its last step: only the run's end is left to write
+            after = self.eval_after if self.eval_after is not None else self.evaluate()
         progress = ProgressLog(self.log, cfg.train.max_steps, cfg.train.log_every, self.step, time.perf_counter())
         for _ in bar:
             m = self.train_step()
             self.nonfinite_streak = self.nonfinite_streak + 1 if m["optim/skipped_updates"] else 0
             res = self._after_step(m)
-            after = res if res is not None else after
+            after = self.eval_after = res if res is not None else after
             self.metrics.write(self.step, m)
             completions.write(self.step, self.last_samples, cfg.train.max_steps)
             progress.step(self.step, m, time.perf_counter())

@@ -40,8 +40,16 @@ def test_resume_refusals_name_the_way_out(tmp_path):
     with pytest.raises(TrainingError, match=r"no complete checkpoint.*--train.overwrite true"):
         ckpt.resume_point(tmp_path, max_steps=10)
     fake_checkpoint(tmp_path, 10)
+    ck, state = ckpt.resume_point(tmp_path, max_steps=10)  # the steps are done, the run's end is not written
+    assert ck.name == "step-000010" and state["step"] == 10
+    for name in ("final/model.safetensors", "eval.json", "plots/accuracy.png"):  # the end of the run
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert ckpt.run_is_complete(tmp_path)
     with pytest.raises(TrainingError, match=r"nothing left to train \(pass --max-steps N with N > 10"):
         ckpt.resume_point(tmp_path, max_steps=10)
+    with pytest.raises(TrainingError, match=r"nothing left to train"):  # past max_steps
+        ckpt.resume_point(tmp_path, max_steps=8)
     ck, state = ckpt.resume_point(tmp_path, max_steps=12)
     with pytest.raises(TrainingError, match=r"trained on 10 rows, the data now has 9"):
         ckpt.check_resumable(tmp_path, ck, state, n_rows=9, world=1)
