@@ -372,3 +372,42 @@ def test_a_run_writes_only_to_its_run_folder(tiny_model_dir, tmp_path):
     outside = sorted(p for p in new if not (p == "out" or p.startswith("out/run")))
     assert not outside, f"written outside the run folder: {outside}"
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_reward_that_never_returns_does_not_hang_the_run(tiny_model_dir, tmp_path):
+    """A custom reward that sleeps forever (here in a child `srft train`): each call is abandoned after
+    data.reward_timeout, its completions score 0 and are counted (reward/timeouts), the run finishes
+    and the process exits at once (the abandoned calls are daemon threads)."""
+    import time
+
+    (tmp_path / "hang_reward.py").write_text("import threading\n\ndef hang(completions, **kwargs):\n"
+                                             "    threading.Event().wait()\n")
+    data, out = write_rows(tmp_path / "d.jsonl", ROWS), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "srft.cli", "train", "--model", str(tiny_model_dir), "--output-dir",
+                        str(out), "--max-steps", "2", "--data.dataset", str(data), "--data.reward", "hang_reward:hang",
+                        "--data.reward_timeout", "0.5", "--train.prompts_per_step", "2", "--rollout.n_rollouts", "3",
+                        "--rollout.max_new_tokens", "6", "--eval.limit", "2", "--eval.max_new_tokens", "4"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.monotonic() - t0 < 120
+    assert "reward function 'hang_reward:hang' did not return within data.reward_timeout=0.5 s at step 1" in r.stderr
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [m["reward/timeouts"] for m in rows] == [8.0, 8.0]  # 2 prompts x (3 rollouts + 1 demonstration)
+    assert [m["reward/mean"] for m in rows] == [0.0, 0.0]
+
+
+def test_non_finite_rewards_stop_the_run_naming_the_reward(tiny_model_dir, tmp_path, capsys):
+    """A reward of inf would make its group's advantages NaN (and the message blame the learning rate):
+    the run stops at once, exit 2, naming the function, the completion and the value."""
+    def infinite(completions, **kwargs):
+        return [float("inf")] * len(completions)
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "run")
+    cfg.data.reward = infinite
+    with pytest.raises(ValueError,
+                       match=r"reward function 'infinite' returned a non-finite reward, inf, for completion 0 at "
+                             r"step 1 .*rewards must be finite numbers"):
+        Trainer(cfg, log=quiet).train()
+    assert not (tmp_path / "run" / "checkpoints").exists()
