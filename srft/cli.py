@@ -59,8 +59,11 @@ def cmd_train(args) -> int:
     out = Path(cfg.train.output_dir)
     print()
     if result["before"]:
-        print(f"Accuracy (%), {cfg.train.preset}, {result['steps']} steps, seed {cfg.train.seed} "
-              f"(greedy, {sum(v['n'] for v in result['before'].values())} problems):")
+        what = ("Accuracy (%)" if all(v.get("metric", "accuracy") == "accuracy" for v in result["before"].values())
+                else "Evaluation (accuracy in %, or mean reward)")
+        print(f"{what}, {cfg.train.preset}, {result['steps']} steps, seed {cfg.train.seed} "
+              f"({'greedy, ' if not cfg.eval.temperature else ''}"
+              f"{sum(v['n'] for v in result['before'].values())} problems):")
         print(format_table(result["before"], result["after"]))
     print(f"\nrun folder: {out}  (config.yaml, metrics.jsonl, completions.jsonl, eval.json, plots/, checkpoints/, final/)")
     print(f"total time: {time.time() - t0:.0f}s")

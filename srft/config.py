@@ -22,7 +22,9 @@ from typing import Any, Optional
 import yaml
 
 from srft.data import DEFAULT_SYSTEM_PROMPT
+from srft.model_kinds import TESTBED, kind_defaults, model_kind
 from srft.presets import PRESETS, get_preset
+from srft.trl_names import BATCH, CONVERTED, NO_EQUIVALENT, SAME, is_trl_name, read_back, targets, to_srft
 
 
 @dataclass
@@ -50,10 +52,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "testbed"
+    dataset: Optional[str] = "testbed"
     """Training data: "testbed" (built-in), "champ" (CHAMP math, from the champ-dataset package), a
     .jsonl/.json/.csv/.tsv/.parquet file (verl/LUFFY parquet is detected by its reward_model column),
-    a datasets folder, or a hub id; NAME:SPLIT picks the split (default train)."""
+    a datasets folder, or a hub id; NAME:SPLIT picks the split (default train). A real model
+    (srft.model_kinds) has none by default: a run without one is refused."""
     prompt_column: Optional[str] = None
     """Column holding the prompt (a string or a list of chat messages). None: "prompt"."""
     demonstration_column: Optional[str] = None
@@ -231,6 +234,9 @@ class TrainConfig:
     """Allow training into an output_dir that already holds a run (its files are replaced)."""
     max_steps: int = 150
     """Training steps; one step = one rollout batch (train.mini_batches x train.epochs_per_batch optimiser steps)."""
+    epochs: Optional[float] = None
+    """Passes over the training prompts (TRL's num_train_epochs): when set, train.max_steps is
+    ceil(epochs x rows / train.prompts_per_step), counted once the data is loaded; giving both is refused."""
     prompts_per_step: int = 32
     """Prompts per rollout batch over all processes (each gives one group; with N processes each
     takes prompts_per_step / N whole groups, so the run does the same work whatever N is)."""
@@ -333,6 +339,13 @@ class Config:
     """Not a setting (never saved, no flag): the preset whose values are in this config already, under
     the user's. Set by `layer_config` and `apply_preset` (and for each stage by `srft.stages`), so
     that applying a preset is done once, whichever way the config was made."""
+    kind_applied: Optional[str] = field(default=None, repr=False, compare=False)
+    """Not a setting: the model kind (`srft.model_kinds`) whose defaults are in this config already."""
+
+    def __getattr__(self, name: str) -> Any:  # TRL's flat names read back (`args.learning_rate`)
+        if name.startswith("_") or not is_trl_name(name):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}{suggest(name)}")
+        return read_back(name, lambda key: _get(self, key), self.__dict__.get("_trl"))
 
     def validate(self) -> None:
         """Cross-field checks; raises ValueError naming the field."""
@@ -379,6 +392,10 @@ class Config:
                              f"({t.prompts_per_step})")
         if t.micro_batch_size < 1:
             raise ValueError("train.micro_batch_size must be >= 1")
+        if self.data.dataset is None:
+            raise ValueError(f"data.dataset: no training data given for {self.model.name_or_path} (a model other "
+                             f"than the testbed's has no default dataset): give --data.dataset (in Python "
+                             f"train_dataset=): a file, a folder or a hub id; `testbed` trains on the testbed's tasks")
         check_choices(self)
         if r.engine == "vllm":
             # deferred: the engines import torch and transformers, which the flag parser and --help do without
@@ -442,6 +459,7 @@ DOMAINS: dict[str, tuple[Any, str]] = {
     "eval.temperature": (_non_negative, "a finite number >= 0 (0: greedy)"),
     "eval.top_p": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
     "eval.limit": (_optional(_non_negative), "None (all) or >= 0 (0: no evaluation)"),
+    "train.epochs": (_optional(_positive), "None (train.max_steps decides) or a finite number > 0"),
 }
 
 
@@ -454,24 +472,19 @@ def check_domains(cfg: "Config") -> None:
             raise ValueError(f"{key} must be {what}, got {value!r}")
 
 
-SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "preset_applied"]
+HIDDEN = ("preset_applied", "kind_applied")  # Config fields that are markers, not settings
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name not in HIDDEN]
 
 # Names users bring from TRL's GRPOConfig / SFTConfig (and HF TrainingArguments), and the field that
-# holds the same setting here: used to say where a setting lives when an unknown name is given.
+# holds the same setting here: used to say where a setting lives when a name is given where srft
+# expects its own (`cfg.optim.learning_rate`); at the top level they work (`srft.trl_names`).
 TRL_NAMES = {
-    "learning_rate": "optim.lr", "lr": "optim.lr", "max_steps": "train.max_steps", "max_step": "train.max_steps",
-    "seed": "train.seed", "output_dir": "train.output_dir", "report_to": "train.report_to",
-    "num_generations": "rollout.n_rollouts", "max_completion_length": "rollout.max_new_tokens",
-    "max_new_tokens": "rollout.max_new_tokens", "temperature": "rollout.temperature", "top_p": "rollout.top_p",
-    "per_device_train_batch_size": "train.micro_batch_size", "logging_steps": "train.log_every",
-    "save_steps": "train.save_every", "save_total_limit": "train.save_total_limit",
-    "eval_steps": "train.eval_every", "warmup_steps": "optim.warmup_steps", "weight_decay": "optim.weight_decay",
-    "adam_beta1": "optim.beta1", "adam_beta2": "optim.beta2", "max_grad_norm": "optim.max_grad_norm",
-    "lr_scheduler_type": "optim.schedule", "epsilon": "objective.clip_eps", "epsilon_high": "objective.clip_eps_high",
-    "max_prompt_length": "data.max_prompt_tokens", "max_length": "data.max_demo_tokens",
-    "gradient_checkpointing": "model.gradient_checkpointing", "push_to_hub": "train.push_to_hub",
-    "hub_model_id": "train.hub_model_id", "model_name_or_path": "model.name_or_path", "model": "model.name_or_path",
-    "dataset": "data.dataset", "reward": "data.reward", "reward_weights": "data.reward_weights",
+    **SAME, "lr": "optim.lr", "max_step": "train.max_steps", "num_generations": "rollout.n_rollouts",
+    "max_new_tokens": "rollout.max_new_tokens", "per_device_train_batch_size": "train.micro_batch_size",
+    "lr_scheduler_type": "optim.schedule", "max_length": "data.max_demo_tokens", "report_to": "train.report_to",
+    "model_name_or_path": "model.name_or_path", "model": "model.name_or_path", "dataset": "data.dataset",
+    "reward": "data.reward", "reward_weights": "data.reward_weights", "scale_rewards": "objective.adv_std_norm",
+    "loss_type": "objective.aggregation", "bf16": "model.dtype", "use_vllm": "rollout.engine",
 }
 
 
@@ -510,25 +523,65 @@ def suggest(name: str, section: Optional[str] = None) -> str:
 def _refuse_unknown(cls, section: Optional[str]):
     """Make the dataclass `cls` refuse attributes and keywords that are not its fields, naming the
     closest ones: `cfg.optim.learning_rate = 1e-6` or `OptimConfig(learning_rate=...)` is an error,
-    never a setting that is silently not used."""
+    never a setting that is silently not used. The top level (`Config`, section None) takes TRL's
+    flat names (`Config(learning_rate=1e-6)`, `cfg.num_generations = 8`; `srft.trl_names`).
+    Each section records the fields set after it was made, or given as keywords (`_user_set`): a
+    preset or the model-kind defaults never replace them (`apply_preset`)."""
     names = frozenset(f.name for f in dataclasses.fields(cls))
     where = f"{section}" if section else "the config"
     init = cls.__init__
 
     def __setattr__(self, key, value):
         if key not in names and not key.startswith("_"):
+            if section is None and is_trl_name(key):
+                set_trl_names(self, {key: value})
+                return
             raise AttributeError(f"{where} has no setting {key!r}{suggest(key, section)}")
         object.__setattr__(self, key, value)
+        if key in names and not self.__dict__.get("_initialising"):
+            self.__dict__.setdefault("_user_set", set()).add(key)
 
     def __init__(self, *args, **kwargs):
+        trl = {k: kwargs.pop(k) for k in list(kwargs) if section is None and k not in names and is_trl_name(k)}
         for key in kwargs:
             if key not in names:
                 raise TypeError(f"{cls.__name__}: unknown setting {key!r}{suggest(key, section)}; "
-                                f"{where} has {sorted(names - {'preset_applied'})}")
+                                f"{where} has {sorted(names - set(HIDDEN))}")
+        object.__setattr__(self, "_initialising", True)
         init(self, *args, **kwargs)
+        object.__setattr__(self, "_initialising", False)
+        object.__setattr__(self, "_user_set", set(kwargs))
+        if trl:
+            set_trl_names(self, trl)
 
     cls.__setattr__, cls.__init__ = __setattr__, __init__
     return cls
+
+
+def set_trl_names(cfg: "Config", values: dict[str, Any]) -> None:
+    """Set TRL's flat names on a config made in Python (`srft.trl_names.to_srft`): each field they
+    map to is set as if by hand. The batch names are kept (`_trl`) and converted again when a
+    preset changes the group (`apply_preset`): num_generations counts a demonstration in the
+    group only for presets that put one there."""
+    given = {**cfg.__dict__.get("_trl", {}), **values}
+    object.__setattr__(cfg, "_trl", given)
+    batch = {k: v for k, v in given.items() if k in BATCH}
+    over = to_srft({**{k: v for k, v in values.items() if k not in BATCH}, **batch},
+                   (cfg.rollout.n_rollouts, cfg.rollout.n_demos))
+    for key, value in over.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, _parse_value(value, _field_type(type(getattr(cfg, section)), name)))
+    object.__setattr__(cfg, "_trl_set", {**cfg.__dict__.get("_trl_set", {}),
+                                         **{k: _get(cfg, k) for k in over if k in _batch_targets()}})
+
+
+def _batch_targets() -> set[str]:
+    return {t for n in BATCH for t in targets(n)}
+
+
+def user_set(cfg: "Config") -> set[str]:
+    """The "section.field" keys set by hand or by a YAML / flag layer (not by a preset or defaults)."""
+    return {f"{s}.{k}" for s in SECTIONS for k in getattr(cfg, s).__dict__.get("_user_set", ())}
 
 
 _refuse_unknown(Config, None)
@@ -664,9 +717,12 @@ def _parse_value(text: Any, tp) -> Any:
     return str(text) if text is not None else None
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
-    """Apply {"section.field": value} overrides; unknown keys raise naming the key."""
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str, mark: bool = True) -> Config:
+    """Apply {"section.field": value} overrides; unknown keys raise naming the key. The result keeps
+    which fields the user set (and TRL names given in Python); `mark`: the overrides are the user's
+    (a YAML file, flags), not a preset's or the model kind's defaults."""
     values = {s: dataclasses.asdict(getattr(cfg, s)) for s in SECTIONS}
+    marked = user_set(cfg)
     for key, raw in overrides.items():
         key = key.replace("-", "_")
         if "." not in key:
@@ -683,14 +739,22 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
             values[section][name] = _parse_value(raw, _field_type(sub_cls, name))
         except ValueError as e:
             raise ValueError(f"{source}: bad value for {key}: {e}") from None
-    return from_dict(values)
+        if mark:
+            marked.add(f"{section}.{name}")
+    out = from_dict(values, marked)
+    for attr in ("_trl", "_trl_set"):
+        if attr in cfg.__dict__:
+            object.__setattr__(out, attr, dict(cfg.__dict__[attr]))
+    return out
 
 
-def from_dict(values: dict) -> Config:
+def from_dict(values: dict, marked: frozenset[str] = frozenset()) -> Config:
+    """A config from {section: {field: value}}; `marked`: the "section.field" keys the user set."""
     parts = {}
     for s in SECTIONS:
         sub_cls = type(getattr(Config(), s))
         parts[s] = sub_cls(**values.get(s, {}))
+        object.__setattr__(parts[s], "_user_set", {k.split(".", 1)[1] for k in marked if k.startswith(s + ".")})
     return Config(**parts)
 
 
@@ -774,6 +838,27 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"same as --{key}")
     for s in SECTIONS:
         add_section_flags(parser, s)
+    add_trl_flags(parser)
+
+
+def add_trl_flags(parser: argparse.ArgumentParser) -> None:
+    """TRL's flat names as flags (`--learning_rate 1e-6`, `--num_generations 8`; `srft.trl_names`),
+    each with the field it sets; names with no equivalent are taken so that their message says why."""
+    group = parser.add_argument_group("TRL names", "TRL's GRPOConfig / SFTConfig names, converted as the table in "
+                                      "docs/coming-from-trl.md says (srft.trl_names)")
+    taken = {a for action in parser._actions for a in action.option_strings}
+    for name in [*SAME, *CONVERTED, *BATCH, *NO_EQUIVALENT]:
+        flags = [f for f in dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}")) if f not in taken]
+        if not flags:
+            continue
+        listed = name not in NO_EQUIVALENT and f"--{name.replace('_', '-')}" not in taken
+        help_text = (f"TRL's {name}: sets {SAME[name]}" if name in SAME else
+                     f"TRL's {name}: {CONVERTED[name][1]}" if name in CONVERTED else
+                     f"TRL's {name}: the group and batch shape (docs/coming-from-trl.md)")
+        for i, flag in enumerate(flags):
+            group.add_argument(flag, dest=f"trl__{name}", default=None, metavar="VALUE",
+                               help=help_text.replace("%", "%%") if listed and i == 0 else argparse.SUPPRESS)
+            taken.add(flag)
 
 
 def add_section_flags(parser: argparse.ArgumentParser, s: str) -> None:
@@ -808,6 +893,7 @@ def _type_word(tp) -> str:
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The {"section.field": value} overrides given on the command line (short forms included)."""
     over = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    over.update({k[len("trl__"):]: v for k, v in vars(args).items() if k.startswith("trl__") and v is not None})
     for short, key in SHORT_FLAGS.items():
         v = getattr(args, f"short__{short}", None)
         if v is not None:
@@ -815,16 +901,45 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def layer_config(preset_name: str, layers: list[tuple[str, dict[str, Any]]]) -> Config:
-    """The one place where a config's layers are applied, in order: the defaults, then the preset's
-    values, then each of `layers` ((source, {"section.field": value}), e.g. the YAML file, then the
-    command line). A new layer (say, defaults by model kind) goes here."""
+def layer_config(preset_name: str, layers: list[tuple[str, dict[str, Any]]], kind: Optional[str] = None) -> Config:
+    """The one place where a config's layers are applied, in order: the defaults, the model kind's
+    defaults (`srft.model_kinds`: the testbed's, or a real model's, from the model the layers name),
+    the preset's values, then each of `layers` ((source, {"section.field" or TRL name: value}), e.g.
+    the YAML file, then the command line). TRL's flat names (`learning_rate`, `num_generations`)
+    are converted with the group the whole config ends with (`srft.trl_names`)."""
     preset = get_preset(preset_name)
-    cfg = apply_overrides(Config(), {**preset.overrides, "train.preset": preset_name}, f"preset {preset_name}")
-    for source, over in layers:
-        cfg = apply_overrides(cfg, over, source)
-    cfg.preset_applied = preset_name  # the preset went in first, under the other layers
+    model = next((over[k] for _, over in reversed(layers) for k in over
+                  if k.replace("-", "_") == "model.name_or_path"), "testbed")
+    kind = kind or model_kind(model)
+    cfg = apply_overrides(Config(), {**kind_defaults(kind, preset_name), **preset.overrides,
+                                     "train.preset": preset_name}, f"preset {preset_name}", mark=False)
+    split = [(source, *_split_trl(over)) for source, over in layers]
+    context = cfg
+    for source, sec, _ in split:
+        context = apply_overrides(context, sec, source)
+    group = (context.rollout.n_rollouts, context.rollout.n_demos)
+    for source, sec, trl in split:
+        try:
+            converted = to_srft(trl, group)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        for key in sorted(set(converted) & {k.replace("-", "_") for k in sec}):
+            raise ValueError(f"{source}: {key} is given twice, by its name and by a TRL name ({', '.join(trl)})")
+        cfg = apply_overrides(cfg, {**sec, **converted}, source)
+    cfg.preset_applied, cfg.kind_applied = preset_name, kind  # under the other layers
     return cfg
+
+
+def _split_trl(over: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A layer's {"section.field": value} settings and its TRL names (no section), apart."""
+    sec, trl = {}, {}
+    for k, v in over.items():
+        flat = k.replace("-", "_")
+        if "." not in flat and is_trl_name(flat):
+            trl[flat] = v
+        else:
+            sec[k] = v
+    return sec, trl
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -845,28 +960,47 @@ def _get(cfg: Config, key: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-def apply_preset(cfg: Config) -> tuple[Config, list[str]]:
-    """Make `cfg` train what `cfg.train.preset` says, whichever way the config was made. A config
-    from `resolve_config` (flags, YAML) has its preset applied under the user's values already. A
-    config built in Python (`cfg.train.preset = "grpo"`) gets the preset's values for every field
-    still at its default, or still at the value an earlier preset gave it; fields the user changed
-    keep the user's value, as a YAML file or a flag would. Returns the config (a new one when a
-    value changed) and the keys it set."""
+def apply_preset(cfg: Config, kind: Optional[str] = None) -> tuple[Config, list[str]]:
+    """Make `cfg` train what `cfg.train.preset` says, on the defaults of its model's kind
+    (`srft.model_kinds`; `kind` when the model is an object), whichever way the config was made.
+    A config from `layer_config` (flags, YAML) has both layers applied already. A config built in
+    Python (`cfg.train.preset = "grpo"`) gets the model kind's and the preset's values for every
+    field the user did not set (`user_set`), as a YAML file or a flag would leave them; fields
+    an earlier preset or kind set follow the new ones. TRL's batch names are converted again for the
+    preset's group. Returns the config (a new one when a value changed) and the keys it set."""
     name = cfg.train.preset
-    before = cfg.preset_applied
-    if before == name:
+    kind = kind or cfg.kind_applied or model_kind(cfg.model.name_or_path)
+    if cfg.preset_applied == name and cfg.kind_applied == kind:
         return cfg, []
-    preset = get_preset(name)  # a ValueError naming the unknown preset
-    prev = get_preset(before).overrides if before else {}
-    defaults = Config()
+    new = {**kind_defaults(kind, name), **get_preset(name).overrides}  # a ValueError naming an unknown preset
+    before = cfg.preset_applied
+    prev = {**kind_defaults(cfg.kind_applied or TESTBED, before), **get_preset(before).overrides} if before else {}
+    defaults, mine = Config(), user_set(cfg)
     changed = {}
-    for key, val in preset.overrides.items():
+    for key, val in new.items():
         cur = _get(cfg, key)
-        if cur == _get(defaults, key) or (key in prev and cur == prev[key]):
+        if key not in mine and (cur == _get(defaults, key) or (key in prev and cur == prev[key])):
             changed[key] = val
-    for key, val in prev.items():  # what the earlier preset set and this one leaves at the default
-        if key not in preset.overrides and _get(cfg, key) == val:
+    for key, val in prev.items():  # what the earlier layers set and these leave at the default
+        if key not in new and key not in mine and _get(cfg, key) == val:
             changed[key] = _get(defaults, key)
-    cfg = apply_overrides(cfg, changed, f"preset {name}") if changed else cfg
-    cfg.preset_applied = name
+    cfg = apply_overrides(cfg, changed, f"preset {name}", mark=False) if changed else cfg
+    changed.update(_reconvert_batch(cfg))
+    cfg.preset_applied, cfg.kind_applied = name, kind
     return cfg, sorted(changed)
+
+
+def _reconvert_batch(cfg: Config) -> dict[str, Any]:
+    """TRL's batch names given in Python, converted again for the group the preset gave; fields
+    changed by hand since they were set keep the hand's value."""
+    given = {k: v for k, v in cfg.__dict__.get("_trl", {}).items() if k in BATCH}
+    if not given:
+        return {}
+    done = cfg.__dict__.get("_trl_set", {})
+    over = {k: v for k, v in to_srft(given, (cfg.rollout.n_rollouts, cfg.rollout.n_demos)).items()
+            if k not in done or _get(cfg, k) == done[k]}
+    for key, value in over.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    object.__setattr__(cfg, "_trl_set", {**done, **over})
+    return over

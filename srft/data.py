@@ -603,9 +603,8 @@ def prepare_examples(rows: list[dict], tokenizer, data_cfg, need_demos: bool, lo
             continue
         cols = {k: v for k, v in row.items() if k not in ("prompt", "demonstration")}
         examples.append(Example(i, prompt, prompt_ids, demos, demo_ids, None if answer is None else str(answer), cols))
-    if dropped or truncated:
-        log(f"[srft] demonstrations over data.max_demo_tokens={data_cfg.max_demo_tokens}: "
-            f"{dropped} rows dropped, {truncated} demonstrations truncated")
+    if truncated:  # (dropped rows: srft.run_summary.dropped_warning)
+        log(f"[srft] {truncated} demonstrations over data.max_demo_tokens={data_cfg.max_demo_tokens} truncated")
     if not examples:
         raise DataError(f"no training rows left after applying data.long_demo_policy=drop: every row has a "
                         f"demonstration longer than data.max_demo_tokens={data_cfg.max_demo_tokens} tokens; "

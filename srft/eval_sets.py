@@ -23,6 +23,7 @@ from srft.evaluation import testbed_eval_sets
 from srft.math_reward import make_math_reward
 from srft.preflight import benchmark_files
 from srft.protocol import get_protocol, load_protocol_sets
+from srft.rewards import BUILTIN_REWARDS
 
 
 @dataclass
@@ -31,6 +32,14 @@ class EvalSets:
     """{set name: (rows, reward)}"""
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """{set name: eval.* values that differ for that set} (a protocol's per-source k and sampling)"""
+    metrics: dict[str, str] = field(default_factory=dict)
+    """{set name: "reward"} for sets scored by a reward that is not a built-in verifier (their mean
+    is a mean reward, not an accuracy); other sets: "accuracy"."""
+
+
+def is_verifier(rewards) -> bool:
+    """Whether the run's reward is one built-in verifier (scores 0 or 1) at weight 1."""
+    return len(rewards) == 1 and rewards[0].name in BUILTIN_REWARDS and rewards[0].weight == 1.0
 
 
 def build_eval_sets(cfg: Config, reward_fn: Callable, need_answer: bool) -> EvalSets:
@@ -43,6 +52,8 @@ def build_eval_sets(cfg: Config, reward_fn: Callable, need_answer: bool) -> Eval
         rows = load_rows(e.dataset, cfg.train.seed, need_answer=need_answer, columns={
             "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})
         out.sets["eval"] = (rows[: e.limit] if e.limit else rows, reward_fn)
+        if not is_verifier(reward_fn):
+            out.metrics["eval"] = "reward"
     if e.benchmark is not None:
         if e.protocol != "none":
             _protocol_sets(cfg, out)
@@ -54,6 +65,8 @@ def build_eval_sets(cfg: Config, reward_fn: Callable, need_answer: bool) -> Eval
                                                                     for p in ps)
     if not out.sets and cfg.data.dataset == "testbed":
         out.sets = {k: (v, reward_fn) for k, v in testbed_eval_sets(e.limit).items()}
+        if not is_verifier(reward_fn):
+            out.metrics.update({k: "reward" for k in out.sets})
     return out
 
 

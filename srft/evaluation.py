@@ -38,14 +38,16 @@ def testbed_eval_sets(limit: Optional[int] = None) -> dict[str, list[dict]]:
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg, engine=None, seed: int = 0,
              dist=None, system_prompt: Optional[str] = None, chat: str = "auto", state=None,
-             progress: bool = False, details: bool = False) -> dict:
+             progress: bool = False, details: bool = False, metric: str = "accuracy") -> dict:
     """Evaluate on every set; returns {set: {"accuracy", "pass@k", "n", "k", "mean_length", "truncated"}}
     (the same on every rank). Prompts are encoded as in training (`system_prompt`, `chat`);
     `state` (a srft.rewards.RewardState) is the rewards' `trainer_state`.
 
     progress: generate in chunks of `eval_cfg.batch_size` sequences with a progress bar (main
     rank); the samples do not change (each has its own seed). details: add "per_problem", one
-    {"avg", "any", "length", "completion"} per problem (the first sample's completion)."""
+    {"avg", "any", "length", "completion"} per problem (the first sample's completion).
+    metric: "accuracy" for a verifier's 0/1 scores; "reward" for any other reward, whose mean is
+    reported as a mean reward (no pass@k, never a percentage)."""
     dist = dist or Dist()
     engine = engine or make_engine("hf", model, tokenizer, batch_size=eval_cfg.batch_size)
     k = 1 if not eval_cfg.temperature else max(1, eval_cfg.k)
@@ -81,17 +83,18 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], reward_fn, eval_cfg,
                   sum(not f for f in finished[a * k : (a + 1) * k]),
                   completions[a * k] if details else None)
                  for a, i in enumerate(own[:n_real])]
-        results[name] = _summarise(sorted(dist.gather(local), key=lambda x: x[0]), len(rows), k, details)
+        results[name] = _summarise(sorted(dist.gather(local), key=lambda x: x[0]), len(rows), k, details, metric)
         results[name]["seconds"] = round(time.time() - t0, 2)
     return results
 
 
-def _summarise(per_problem: list, n: int, k: int, details: bool) -> dict:
+def _summarise(per_problem: list, n: int, k: int, details: bool, metric: str = "accuracy") -> dict:
     """One set's scores from every problem's (index, rewards, lengths, samples, truncated, completion)."""
     flat_samples = [s for p in per_problem for s in p[3]]
     res = {
-        "accuracy": sum(sum(p[1]) / k for p in per_problem) / n,
-        f"pass@{k}": sum(any(x >= 1.0 for x in p[1]) for p in per_problem) / n,
+        metric: sum(sum(p[1]) / k for p in per_problem) / n,
+        **({f"pass@{k}": sum(any(x >= 1.0 for x in p[1]) for p in per_problem) / n} if metric == "accuracy" else
+           {"metric": metric}),
         "n": n,
         "k": k,
         "mean_length": float(sum(sum(p[2]) for p in per_problem) / max(1, n * k)),
@@ -121,15 +124,27 @@ def _generate(engine, prompt_ids: list, params, seeds: list, pad_id: int, chunk:
     return RolloutOutput.concat(parts, pad_id)
 
 
+def eval_score(result: dict) -> tuple[str, float]:
+    """("accuracy", value) or ("reward", value) of one set's results (`evaluate`)."""
+    metric = result.get("metric", "accuracy")
+    return metric, result[metric]
+
+
+def eval_metrics(results: dict) -> dict[str, float]:
+    """{"eval/<set>/accuracy" or "eval/<set>/reward": value} of `evaluate`'s results."""
+    return {f"eval/{name}/{eval_score(r)[0]}": eval_score(r)[1] for name, r in results.items()}
+
+
 def format_table(before: dict, after: Optional[dict] = None) -> str:
-    """Markdown table of accuracy per set, base vs trained."""
+    """Markdown table per set, base vs trained: accuracy in %, a mean reward as it is ("(reward)")."""
     lines = ["| set | base | trained | change |", "|---|---|---|---|"] if after else [
         "| set | accuracy |", "|---|---|"]
     for name in before:
-        b = before[name]["accuracy"] * 100
+        metric, b = eval_score(before[name])
+        scale, fmt, label = (100, ".1f", name) if metric == "accuracy" else (1, ".3f", f"{name} (mean reward)")
         if after:
-            a = after[name]["accuracy"] * 100
-            lines.append(f"| {name} | {b:.1f} | {a:.1f} | {a - b:+.1f} |")
+            a = eval_score(after[name])[1] * scale
+            lines.append(f"| {label} | {b * scale:{fmt}} | {a:{fmt}} | {a - b * scale:+{fmt}} |")
         else:
-            lines.append(f"| {name} | {b:.1f} |")
+            lines.append(f"| {label} | {b * scale:{fmt}} |")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ from typing import Optional
 
 import torch
 
-from srft.config import Config, add_config_flags, apply_overrides, flag_overrides, flatten, load_yaml, to_dict
+from srft.config import Config, add_config_flags, flag_overrides, flatten, layer_config, load_yaml, to_dict
 from srft.metrics import read_metrics
 from srft.presets import SRFT_ABLATIONS, get_preset
 from srft.runtime import quiet_libraries
@@ -112,13 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------- running
 def run_config(preset: str, seed: int, root: Path, quick: bool, yaml_over: dict, flag_over: dict):
-    cfg = apply_overrides(Config(), {**get_preset(preset).overrides, "train.preset": preset}, f"preset {preset}")
-    cfg = apply_overrides(cfg, QUICK_BUDGET if quick else EXPERIMENT_BUDGET, "experiment budget")
-    cfg = apply_overrides(cfg, yaml_over, "--config")
-    cfg = apply_overrides(cfg, flag_over, "command line")
     run_dir = root / "runs" / preset / f"seed-{seed}"
-    cfg = apply_overrides(cfg, {"train.seed": seed, "train.output_dir": str(run_dir), "train.overwrite": True},
-                          "grid")
+    cfg = layer_config(preset, [("experiment budget", QUICK_BUDGET if quick else EXPERIMENT_BUDGET),
+                                ("--config", yaml_over), ("command line", flag_over),
+                                ("grid", {"train.seed": seed, "train.output_dir": str(run_dir),
+                                          "train.overwrite": True})])
     cfg.validate()
     return cfg
 

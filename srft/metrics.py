@@ -122,6 +122,12 @@ class MetricsWriter:
                                  step=step)
 
 
+    def log_trackers(self, step: int, values: dict[str, float]) -> None:
+        """Values for the trackers only (not a metrics.jsonl row): the evaluation before training."""
+        if self.enabled and self.use_trackers and self.accelerator is not None and values:
+            self.accelerator.log({k: float(v) for k, v in values.items()}, step=step)
+
+
 def truncate_metrics(path: Path, last_step: int, one_row_per_step: bool = True) -> int:
     """Keep the rows of steps <= last_step (a resumed run goes on from there), dropping
     later rows and a line cut short by a crash (and, with `one_row_per_step`, repeated

@@ -58,23 +58,33 @@ def make_plots(run_dir) -> list[Path]:
     plot("weights", "Entropy-based weights", [("weight/sft", "w_SFT"), ("weight/rl", "w_RL")], "weight")
     plot("response_length", "Response length", [("response_length/mean", "rollouts"),
                                                  ("response_length/demo", "demonstrations")], "tokens")
-    # accuracy: from eval.json history (includes the step-0 evaluation)
-    history = []
+    # evaluation: from eval.json's history (the step-0 evaluation included); a verifier's sets as an
+    # accuracy in %, sets scored by another reward as a mean reward (eval_reward.png)
+    history, kinds = [], {}
     ev = run_dir / "eval.json"
     if ev.exists():
-        history = json.loads(ev.read_text()).get("history", [])
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+        res = json.loads(ev.read_text())
+        history = res.get("history", [])
+        kinds = {k: v.get("metric", "accuracy") for k, v in (res.get("after") or res.get("before") or {}).items()
+                 if isinstance(v, dict)}
     names = [k for k in (history[0] if history else {}) if k != "step"]
-    for n in names:
-        ax.plot([h["step"] for h in history], [100 * h[n] for h in history], marker="o", label=n)
-    ax.set_title("Evaluation accuracy")
-    ax.set_xlabel("step")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    if names:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "accuracy.png")
+    rewards = [n for n in names if kinds.get(n) == "reward"]
+    for file, title, label, scale, sets in (
+            ("accuracy.png", "Evaluation accuracy", "accuracy (%)", 100, [n for n in names if n not in rewards]),
+            ("eval_reward.png", "Evaluation mean reward", "mean reward", 1, rewards)):
+        if file == "eval_reward.png" and not sets:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for n in sets:
+            ax.plot([h["step"] for h in history], [scale * h[n] for h in history], marker="o", label=n)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if sets:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        written.append(out / file)
     return written

@@ -53,6 +53,8 @@ def progress_line(step: int, max_steps: int, m: dict, elapsed: float, steps_done
     parts.append(f"{_clock(elapsed)} elapsed, ~{_clock(left)} left")
     evals = [f"{k[len('eval/'):-len('/accuracy')]} {100 * v:.1f}" for k, v in m.items()
              if k.startswith("eval/") and k.endswith("/accuracy")]
+    evals += [f"{k[len('eval/'):-len('/reward')]} reward {v:.3f}" for k, v in m.items()
+              if k.startswith("eval/") and k.endswith("/reward")]
     if evals:
         parts.append("eval " + ", ".join(evals))
     return " | ".join(parts)

@@ -73,7 +73,7 @@ def stage_configs(cfg: Config) -> list[Config]:
         if i > 0:
             sub["model.name_or_path"] = str(out / f"stage{i}-{names[i - 1]}" / "final")
         c = apply_overrides(base, sub, f"stage {i + 1}")
-        c.preset_applied = name  # its preset's values are in, under the user's (srft.config.apply_preset)
+        c.preset_applied, c.kind_applied = name, cfg.kind_applied  # its layers are in, under the user's (apply_preset)
         c.validate()
         cfgs.append(c)
     return cfgs

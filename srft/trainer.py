@@ -55,7 +55,8 @@ from srft.config import Config, flatten, report_targets, save_config, to_dict
 from srft.data import PromptSampler, prepare_examples
 from srft.distributed import Dist
 from srft.errors import TrainingError
-from srft.evaluation import evaluate
+from srft.callbacks import Callbacks
+from srft.evaluation import eval_metrics, eval_score, evaluate
 from srft.experience import ExperienceMaker
 from srft.metrics import MetricsWriter
 from srft.models import adapt_model, load_model_and_tokenizer, tokenizer_for
@@ -67,16 +68,19 @@ from srft.run_dir import finish_run, refuse_used_output_dir, start_step_logs  # 
 from srft.run_dir import hold_run_folder, holding_run_folder, releasing_run_folder_on_error
 from srft.run_inputs import RunInputs, prepare_run
 from srft.run_log import CompletionLog, ProgressLog
+from srft.run_summary import check_context, dropped_warning, settings_lines
 from srft.samples import Sample, collate  # noqa: F401 (re-exported)
 from srft.update import Updater, make_optimizer, old_logprobs, pi_old_mode, reapply_schedule, sampler_entropy
 
 
 class Trainer:
     @releasing_run_folder_on_error
-    def __init__(self, cfg: Config, log=print, model=None, tokenizer=None, inputs: Optional[RunInputs] = None):
+    def __init__(self, cfg: Config, log=print, model=None, tokenizer=None, inputs: Optional[RunInputs] = None,
+                 callbacks=()):
         """`model` / `tokenizer`: objects to train instead of loading cfg.model.name_or_path (the
         Python API, `srft.SRFTTrainer`); the tokenizer is then loaded from the model's folder when
-        not given. `inputs`: the run's inputs when already built (`srft.run_inputs.prepare_run`)."""
+        not given. `inputs`: the run's inputs when already built (`srft.run_inputs.prepare_run`).
+        `callbacks`: transformers-style callbacks (`srft.callbacks`)."""
         inputs = inputs or prepare_run(cfg, model_given=model is not None)
         # the run folder's one owner (main process), before anything is written or loaded (srft.run_dir)
         self.run_lock = hold_run_folder(inputs, log)
@@ -95,13 +99,20 @@ class Trainer:
         self._check_world_size()
         self.log(f"[srft] {self.dist.describe()}")
         model = adapt_model(self._load_model(model, tokenizer), cfg.model)
+        for line in settings_lines(cfg, self.reward_fn, len(inputs.rows), str(cfg.model.name_or_path),
+                                   self.tokenizer):
+            self.log(line)
         if self.resume_from:
             self.model_path = inputs.resume_state["model"]
         self.examples = prepare_examples(inputs.rows, self.tokenizer, cfg.data, cfg.rollout.n_demos > 0, log=self.log,
                                          n_demos=cfg.rollout.n_demos, need_answer=inputs.need_answer)
+        warning = dropped_warning(cfg, len(inputs.rows), len(self.examples))
+        if warning:
+            self.log(warning)
+        check_context(self.examples, cfg, model)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.eval_sets, self.eval_settings = inputs.eval.sets, inputs.eval.settings
+        self.eval_sets, self.eval_settings, self.eval_kinds = inputs.eval.sets, inputs.eval.settings, inputs.eval.metrics
         self._build_stages(model)
         self.sampler = PromptSampler(len(self.examples), cfg.train.seed)
         self.step = 0
@@ -109,8 +120,10 @@ class Trainer:
         self.eval_before: dict = {}
         self.eval_after: Optional[dict] = None  # the last step's evaluation (kept in its checkpoint)
         self.eval_history: list[dict] = []
+        self.last_eval: tuple[int, dict] = (-1, {})  # the step of the newest evaluation, and its results
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None,
                                      enabled=self.dist.is_main)
+        self.callbacks = Callbacks(callbacks, cfg, cfg.train.max_steps, enabled=self.dist.is_main)
         if self.resume_from:
             self._restore(self.resume_from, inputs.resume_state)
 
@@ -248,7 +261,8 @@ class Trainer:
             out.update(evaluate(self.unwrapped, self.tokenizer, {name: rows}, reward, cfg,
                                 engine=self.engine, seed=self.cfg.train.seed, dist=self.dist,
                                 system_prompt=self.cfg.data.system_prompt, chat=self.cfg.data.chat_template,
-                                state=RewardState(global_step=self.step, max_steps=self.cfg.train.max_steps)))
+                                state=RewardState(global_step=self.step, max_steps=self.cfg.train.max_steps),
+                                metric=self.eval_kinds.get(name, "accuracy")))
         return out
 
     def trainer_state(self) -> dict:
@@ -291,24 +305,28 @@ class Trainer:
                 completions.start(fresh=True)
         if not self.resume_from:  # a resumed run's "before" evaluation and history come from the checkpoint
             self.eval_before = self.evaluate()
-            self.eval_history = ([{"step": 0, **{k: v["accuracy"] for k, v in self.eval_before.items()}}]
+            self.eval_history = ([{"step": 0, **{k: eval_score(v)[1] for k, v in self.eval_before.items()}}]
                                  if self.eval_before else [])
+            scores = eval_metrics(self.eval_before)
+            self.metrics.log_trackers(0, scores)  # the evaluation before training, at step 0
+            self.callbacks.evaluated(0, scores)
         self.log(f"[srft] preset={cfg.train.preset} model={self.model_path} steps={cfg.train.max_steps} "
                  f"prompts/step={cfg.train.prompts_per_step} group={cfg.rollout.n_rollouts}+{cfg.rollout.n_demos} "
                  f"processes={dist.world}")
         return completions
 
-    def _after_step(self, m: dict) -> Optional[dict]:
-        """Evaluation when due (its accuracies join the step's metrics and the history); returns
+    def _after_step(self, m: dict, force: bool = False) -> Optional[dict]:
+        """Evaluation when due (its scores join the step's metrics and the history); returns
         the results at the last step."""
         t, last = self.cfg.train, self.step >= self.cfg.train.max_steps
-        if not (last or (t.eval_every and self.step % t.eval_every == 0)):
+        if not (force or last or (t.eval_every and self.step % t.eval_every == 0)):
             return None
         res = self.evaluate()
-        for k, v in res.items():
-            m[f"eval/{k}/accuracy"] = v["accuracy"]
+        self.last_eval = (self.step, res)
+        m.update(eval_metrics(res))
         if res:
-            self.eval_history.append({"step": self.step, **{k: v["accuracy"] for k, v in res.items()}})
+            self.eval_history.append({"step": self.step, **{k: eval_score(v)[1] for k, v in res.items()}})
+            self.callbacks.evaluated(self.step, eval_metrics(res))
         return res if last else None
 
     @holding_run_folder
@@ -322,6 +340,7 @@ class Trainer:
         if self.step >= cfg.train.max_steps:  # resumed after its last step: only the run's end is left to write
             after = self.eval_after if self.eval_after is not None else self.evaluate()
         progress = ProgressLog(self.log, cfg.train.max_steps, cfg.train.log_every, self.step, time.perf_counter())
+        self.callbacks.train_begin(self.step)
         for _ in bar:
             m = self.train_step()
             self.nonfinite_streak = self.nonfinite_streak + 1 if m["optim/skipped_updates"] else 0
@@ -335,6 +354,9 @@ class Trainer:
                             H=f"{m['entropy/rollout']:.2f}" if math.isfinite(m["entropy/rollout"]) else "-")
             if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                 self.save_checkpoint()
+            if self._callbacks_stop(m):
+                after = self._evaluate_at_stop(after)
+                break
         final = self.save_final()
         result = {"preset": cfg.train.preset, "steps": self.step, "model": self.model_path, "final": str(final),
                   "train_seconds": round(time.perf_counter() - t_start, 1), "world_size": dist.world,
@@ -343,8 +365,20 @@ class Trainer:
             result = finish_run(self.out, result, cfg, self.log)
         if self.metrics.use_trackers:
             self.accelerator.end_training()
+        self.callbacks.train_end()
         dist.barrier()
         return result
+
+    def _callbacks_stop(self, m: dict) -> bool:
+        """The step's callbacks (main process); whether one asked to stop, agreed by every process."""
+        stop = self.callbacks.step_end(self.step, m)
+        return self.step < self.cfg.train.max_steps and bool(self.dist.max([float(stop)])[0])
+
+    def _evaluate_at_stop(self, after: dict) -> dict:
+        """A run stopped by a callback ends as one at its last step: evaluated (unless this step was)."""
+        if self.last_eval[0] != self.step:
+            self._after_step({}, force=True)
+        return self.last_eval[1] or after
 
 
 def _silent(*_args, **_kwargs) -> None:

@@ -250,10 +250,10 @@ def test_long_demo_policy_unchanged():
     rows = [{"prompt": "p", "demonstration": "x" * 20, "answer": "1"}, {"prompt": "p", "demonstration": "y", "answer": "2"}]
     logs = []
     exs = prepare_examples(rows, CharTokenizer(), cfg(max_demo_tokens=5), True, log=logs.append)
-    assert [e.index for e in exs] == [1] and "1 rows dropped" in logs[0]
+    assert [e.index for e in exs] == [1] and not logs  # the run's warning says how many (srft.run_summary)
     exs = prepare_examples(rows, CharTokenizer(), cfg(max_demo_tokens=5, long_demo_policy="truncate"), True,
                            log=logs.append)
-    assert len(exs[0].demo_ids[0]) == 5 and "1 demonstrations truncated" in logs[1]
+    assert len(exs[0].demo_ids[0]) == 5 and "1 demonstrations over data.max_demo_tokens=5 truncated" in logs[0]
 
 
 def test_file_errors(tmp_path):

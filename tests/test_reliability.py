@@ -302,12 +302,12 @@ def test_long_demonstrations_follow_the_policy(tiny_model_dir, tmp_path):
     logs = []
     t = Trainer(tiny_cfg(tiny_model_dir, tmp_path / "a", **{"data.dataset": str(data), "data.reward": "testbed",
                                                             "data.max_demo_tokens": 32}), log=logs.append)
-    assert [e.index for e in t.examples] == [0, 1] and any("1 rows dropped" in str(m) for m in logs)
+    assert [e.index for e in t.examples] == [0, 1] and any("warning: 1 of 3 rows dropped" in str(m) for m in logs)
     t = Trainer(tiny_cfg(tiny_model_dir, tmp_path / "b", **{"data.dataset": str(data), "data.reward": "testbed",
                                                             "data.max_demo_tokens": 32,
                                                             "data.long_demo_policy": "truncate"}), log=logs.append)
     assert len(t.examples) == 3 and len(t.examples[2].demo_ids[0]) == 32
-    assert any("1 demonstrations truncated" in str(m) for m in logs)
+    assert any("1 demonstrations over data.max_demo_tokens=32 truncated" in str(m) for m in logs)
 
 
 # ------------------------------------------------------------------ security
