@@ -8,11 +8,11 @@ the Python entry point).
 
 __version__ = "0.1.0"
 
-__all__ = ["SRFTConfig", "SRFTTrainer", "__version__"]
+__all__ = ["GRPOConfig", "SFTConfig", "SRFTConfig", "SRFTTrainer", "__version__"]
 
 
 def __getattr__(name):  # `from srft import SRFTTrainer` without importing torch for `import srft`
-    if name in ("SRFTConfig", "SRFTTrainer"):
+    if name in ("SRFTConfig", "SRFTTrainer", "GRPOConfig", "SFTConfig"):
         from srft import api  # deferred: the trainer's imports (torch, transformers, accelerate) load on first use
 
         return getattr(api, name)

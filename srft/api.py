@@ -43,21 +43,15 @@ SRFTConfig = Config
 
 
 class GRPOConfig(Config):
-    """SRFTConfig with the grpo preset (rollouts only, 8 per prompt)."""
+    """SRFTConfig with the grpo preset (rollouts only, 8 per prompt), set before TRL's names convert."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if "preset" not in self.train.__dict__.get("_user_set", set()):
-            self.train.preset = "grpo"
+    PRESET = "grpo"
 
 
 class SFTConfig(Config):
     """SRFTConfig with the sft preset (NLL on demonstrations; no reward needed)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if "preset" not in self.train.__dict__.get("_user_set", set()):
-            self.train.preset = "sft"
+    PRESET = "sft"
 
 
 class TrainResult(dict):

@@ -551,6 +551,8 @@ def _refuse_unknown(cls, section: Optional[str]):
         init(self, *args, **kwargs)
         object.__setattr__(self, "_initialising", False)
         object.__setattr__(self, "_user_set", set(kwargs))
+        if getattr(type(self), "PRESET", None):  # GRPOConfig, SFTConfig (srft.api): their preset, first
+            self.train.preset = type(self).PRESET
         if trl:
             set_trl_names(self, trl)
 
@@ -566,13 +568,20 @@ def set_trl_names(cfg: "Config", values: dict[str, Any]) -> None:
     given = {**cfg.__dict__.get("_trl", {}), **values}
     object.__setattr__(cfg, "_trl", given)
     batch = {k: v for k, v in given.items() if k in BATCH}
-    over = to_srft({**{k: v for k, v in values.items() if k not in BATCH}, **batch},
-                   (cfg.rollout.n_rollouts, cfg.rollout.n_demos))
+    over = to_srft({**{k: v for k, v in values.items() if k not in BATCH}, **batch}, preset_group(cfg))
     for key, value in over.items():
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, _parse_value(value, _field_type(type(getattr(cfg, section)), name)))
     object.__setattr__(cfg, "_trl_set", {**cfg.__dict__.get("_trl_set", {}),
                                          **{k: _get(cfg, k) for k in over if k in _batch_targets()}})
+
+
+def preset_group(cfg: "Config") -> tuple[int, int]:
+    """(n_rollouts, n_demos) the config will train with once its preset is applied: the preset's,
+    unless set by hand."""
+    over, mine = get_preset(cfg.train.preset).overrides, user_set(cfg)
+    return tuple(_get(cfg, k) if k in mine or k not in over else over[k]  # type: ignore[return-value]
+                 for k in ("rollout.n_rollouts", "rollout.n_demos"))
 
 
 def _batch_targets() -> set[str]:

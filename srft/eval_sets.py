@@ -47,7 +47,7 @@ def build_eval_sets(cfg: Config, reward_fn: Callable, need_answer: bool) -> Eval
     e, out = cfg.eval, EvalSets()
     if e.limit == 0:
         return out
-    if e.dataset is not None:
+    if e.dataset is not None and reward_fn:  # (an SFT run without a reward scores nothing)
         d = cfg.data  # read with the training data's column names
         rows = load_rows(e.dataset, cfg.train.seed, need_answer=need_answer, columns={
             "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column})

@@ -35,6 +35,14 @@ class RunInputs:
     resume_state: Optional[dict] = None
 
 
+def _reward_free(cfg: Config) -> bool:
+    """An SFT run (no term uses a reward) with the reward left at "auto" on data other than the
+    testbed's: it needs no reward, so rows without an `answer` train (TRL's SFTTrainer takes none)."""
+    o = cfg.objective
+    return (cfg.data.reward == "auto" and not (o.rl_self or o.rl_demo) and o.sft_gate is None
+            and cfg.rollout.n_rollouts == 0 and cfg.data.dataset != "testbed")
+
+
 def prepare_run(cfg: Config, model_given: bool = False) -> RunInputs:
     """Check the config and build the run's inputs (see the module docstring). `model_given`: the
     model is an object (the Python API), so model.name_or_path is not checked as a folder."""
@@ -48,9 +56,12 @@ def prepare_run(cfg: Config, model_given: bool = False) -> RunInputs:
     refuse_used_output_dir(cfg)
     keep_matplotlib_cache_in(out)  # before anything imports matplotlib (reasoning-gym does)
     d = cfg.data
-    need_answer = needs_answer(reward_fn)
+    reward_free = _reward_free(cfg)
+    need_answer = needs_answer(reward_fn) and not reward_free
     rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
         "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column},
         need_answer=need_answer)
+    if reward_free and not all(r.get("answer") is not None for r in rows):
+        reward_fn = []  # SFT needs no reward: demonstrations are not scored, eval_dataset not evaluated
     return RunInputs(cfg, reward_fn, need_answer, rows, build_eval_sets(cfg, reward_fn, need_answer),
                      resume_from, resume_state)

@@ -52,7 +52,7 @@ def settings_lines(cfg, rewards: list, n_rows: int, model_path: str, tokenizer: 
         f"[srft]   lengths: responses <= {r.max_new_tokens} tokens (evaluation {cfg.eval.max_new_tokens}), prompts <= "
         f"{d.max_prompt_tokens}, demonstrations <= {d.max_demo_tokens} (longer: {d.long_demo_policy})",
         f"[srft]   demonstrations: {demos}",
-        f"[srft]   reward: {_reward_text(rewards) if rewards else 'none'}",
+        f"[srft]   reward: {_reward_text(rewards) if rewards else 'none (SFT on rows without an answer: demonstrations are not scored, eval_dataset is not evaluated)'}",
         f"[srft]   system prompt: {_system_prompt_text(cfg, tokenizer)}",
     ]
     return lines
