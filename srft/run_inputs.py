@@ -8,12 +8,13 @@ Bad input stops here, before any model loads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from srft.checkpoint import resume_point
-from srft.config import Config, apply_preset
+from srft.config import Config, apply_preset, user_set
 from srft.data import load_rows
 from srft.eval_sets import EvalSets, build_eval_sets
 from srft.preflight import preflight
@@ -33,6 +34,14 @@ class RunInputs:
     resume_from: Optional[Path] = None
     """the checkpoint a resumed run continues from, and its trainer state"""
     resume_state: Optional[dict] = None
+
+
+def steps_for_epochs(cfg: Config, n_rows: int) -> int:
+    """train.max_steps for train.epochs (TRL's num_train_epochs) passes over `n_rows` prompts."""
+    if "train.max_steps" in user_set(cfg) or "max_steps" in cfg.__dict__.get("_trl", {}):
+        raise ValueError(f"train.epochs ({cfg.train.epochs:g}) and train.max_steps ({cfg.train.max_steps}) are both "
+                         f"given: give one (num_train_epochs or max_steps)")
+    return max(1, math.ceil(cfg.train.epochs * n_rows / cfg.train.prompts_per_step))
 
 
 def _reward_free(cfg: Config) -> bool:
@@ -61,6 +70,8 @@ def prepare_run(cfg: Config, model_given: bool = False) -> RunInputs:
     rows = load_rows(d.dataset, cfg.train.seed, columns={  # file errors before the model is loaded
         "prompt": d.prompt_column, "demonstration": d.demonstration_column, "answer": d.answer_column},
         need_answer=need_answer)
+    if cfg.train.epochs is not None:
+        cfg.train.max_steps = steps_for_epochs(cfg, len(rows))
     if reward_free and not all(r.get("answer") is not None for r in rows):
         reward_fn = []  # SFT needs no reward: demonstrations are not scored, eval_dataset not evaluated
     return RunInputs(cfg, reward_fn, need_answer, rows, build_eval_sets(cfg, reward_fn, need_answer),
