@@ -13,8 +13,9 @@ being compared do the same float operations in the same order).
    each followed by `srft train --resume WORK/killed` (or, when no checkpoint was written yet, the
    first command again with --train.overwrite true, as the refusal says). The moments are drawn
    from a seeded RNG as (event, delay): the process start, or the N-th step logged in metrics.jsonl
-   (N uniform in 1..steps), then a delay uniform in [0, 1 s); sorted, so the run moves forward
-   between kills. The last moment is always "as soon as the checkpoint of the last step is in
+   by this attempt (N uniform in 1..steps-1), then a delay uniform in [0, 1 s); sorted, so the run
+   moves forward between kills (a kill may land anywhere: start-up, a step, an evaluation, a
+   checkpoint write). The last moment is always "as soon as the checkpoint of the last step is in
    place": between the last checkpoint and the end of the run (final/, eval.json, plots), the
    window issue 24 found unresumable. A kill that finds the process already gone fails the script.
 3. After the last kill the resume runs to the end, and `scripts/compare_runs.py`'s comparison
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,8 +88,7 @@ def moments(seed: int, kills: int) -> list[tuple[int, float]]:
     """(event, delay): event 0 is the process start, N the N-th step logged, STEPS + 1 the checkpoint of the
     last step in place (delay 0)."""
     rng = random.Random(seed)
-    drawn = sorted((rng.choice([0] + list(range(1, STEPS + 1))), round(rng.uniform(0.0, 1.0), 2))
-                   for _ in range(kills - 1))
+    drawn = sorted((rng.randrange(0, STEPS), round(rng.uniform(0.0, 1.0), 2)) for _ in range(kills - 1))
     return drawn + [(STEPS + 1, 0.0)]
 
 
@@ -126,6 +127,8 @@ def main() -> int:
         print(f"[kill_resume] reference: {time.monotonic() - t0:.0f} s", flush=True)
 
     log = work / "killed.log"
+    shutil.rmtree(out, ignore_errors=True)
+    log.write_text("")
     for i, (event, delay) in enumerate(moments(a.seed, a.kills), 1):
         args = (["train", "--resume", str(out)] if checkpoint_step(out) else
                 first + (["--train.overwrite", "true"] if out.exists() else []))
@@ -142,7 +145,10 @@ def main() -> int:
         proc.wait()
         when = ("at the process start" if event == 0 else f"after step {event} was logged" if event <= STEPS
                 else f"as soon as the step-{STEPS} checkpoint was in place")
-        print(f"[kill_resume] kill {i:2d}: {when} + {delay:.2f} s ({' '.join(args[:2])}): {held(out)}", flush=True)
+        window = " (between the last checkpoint and the end)" if checkpoint_step(out) == STEPS and not all(
+            (out / name).exists() for name in ("final", "eval.json", "plots/accuracy.png")) else ""
+        print(f"[kill_resume] kill {i:2d}: {when} + {delay:.2f} s ({' '.join(args[:2])}): {held(out)}{window}",
+              flush=True)
 
     rc = srft(["train", "--resume", str(out)], log).wait()
     stale = log.read_text().count("ended without releasing the folder")

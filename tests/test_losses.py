@@ -456,7 +456,7 @@ def test_minus_inf_logits_both_paths_finite_and_equal(dtype):
         return lp.detach(), ent.detach(), h.grad.float(), w.grad.float()
 
     full, hidden = run("logits"), run("hidden")
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
     for name, a, b in zip(("logprobs", "entropy", "grad hidden", "grad weight"), full, hidden):
         assert torch.isfinite(a).all() and torch.isfinite(b).all(), name
         assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,8 @@ def assert_same_end(ref: Path, out: Path) -> None:
     assert sha(ref / "final" / "model.safetensors") == sha(out / "final" / "model.safetensors")
     assert eval_json(ref) == eval_json(out)
     assert sorted(p.name for p in (ref / "plots").iterdir()) == sorted(p.name for p in (out / "plots").iterdir())
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [r["step"] for r in read_metrics(ref / "metrics.jsonl")]
+    steps = [[r["step"] for r in read_metrics(d / "metrics.jsonl")] for d in (ref, out)]
+    assert steps[0] == steps[1]
 
 
 @pytest.fixture
@@ -166,7 +166,8 @@ def test_the_lock_is_released_and_taken_again_in_one_process(tiny_model_dir, tmp
     """A notebook: a trainer built and never trained, then the cell run again; a construction that
     fails; a finished run: each leaves the folder free for the next one in this process and others."""
     out = tmp_path / "run"
-    cfg = lambda **o: tiny_cfg(tiny_model_dir, out, **{"train.max_steps": 1, **o})  # noqa: E731
+    def cfg(**o):
+        return tiny_cfg(tiny_model_dir, out, **{"train.max_steps": 1, **o})
     first = Trainer(cfg(), log=quiet)
     assert first.run_lock.held
     second = Trainer(cfg(), log=quiet)  # the same cell again: takes the lock over
@@ -180,8 +181,8 @@ def test_the_lock_is_released_and_taken_again_in_one_process(tiny_model_dir, tmp
     monkeypatch.undo()
     second.train()
     assert not second.run_lock.held and not (out / HOLDER_FILE).exists()
-    other = subprocess.run([sys.executable, "-c", f"from srft.run_dir import RunFolderLock\n"
-                            f"RunFolderLock({str(out)!r}).acquire().release()"], env=env1(), timeout=60)
+    code = f"from srft.run_dir import RunFolderLock\nRunFolderLock({str(out)!r}).acquire().release()"
+    other = subprocess.run([sys.executable, "-c", code], env=env1(), timeout=60, check=False)
     assert other.returncode == 0  # another process can take it
     Trainer(cfg(**{"train.resume": str(out), "train.max_steps": 2}), log=quiet).train()  # and this one again
     lock = RunFolderLock(out).acquire()
@@ -212,10 +213,11 @@ def test_two_runs_and_two_resumes_at_once(tiny_model_dir, tmp_path):
                                   stderr=subprocess.PIPE, text=True, env=env1(), cwd=REPO) for a in (args_a, args_b)]
         return [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
 
-    res = both(cli_args(tiny_model_dir, data, out) + ["--seed", "0"], cli_args(tiny_model_dir, data, out) + ["--seed", "1"])
+    res = both(cli_args(tiny_model_dir, data, out) + ["--seed", "0"],
+               cli_args(tiny_model_dir, data, out) + ["--seed", "1"])
     codes = sorted(rc for rc, _ in res)
     assert codes == [0, 2], res
-    winner = [i for i, (rc, _) in enumerate(res) if rc == 0][0]
+    winner = next(i for i, (rc, _) in enumerate(res) if rc == 0)
     loser_err = res[1 - winner][1]
     assert "is in use: PID" in loser_err or "already holds a run" in loser_err, loser_err[-2000:]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
@@ -223,7 +225,7 @@ def test_two_runs_and_two_resumes_at_once(tiny_model_dir, tmp_path):
 
     res = both(["train", "--resume", str(out), "--max-steps", "5"], ["train", "--resume", str(out), "--max-steps", "5"])
     assert sorted(rc for rc, _ in res) == [0, 2], res
-    loser_err = [e for rc, e in res if rc == 2][0]
+    loser_err = next(e for rc, e in res if rc == 2)
     assert "is in use: PID" in loser_err or "nothing left to train" in loser_err, loser_err[-2000:]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
 
@@ -356,7 +358,7 @@ def test_a_full_disk_stops_with_the_last_good_checkpoint(tiny_model_dir, tmp_pat
     out, data = tmp_path / "run", rows_file(tmp_path)
     r = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD.replace("20_000", str(limit)),
                         *cli_args(tiny_model_dir, data, out)],
-                       capture_output=True, text=True, env=env1(), cwd=REPO, timeout=300)
+                       capture_output=True, text=True, env=env1(), cwd=REPO, timeout=300, check=False)
     assert r.returncode == 2, r.stderr[-3000:]
     err = r.stderr
     assert f"srft: error: step 2: writing the checkpoint step-000002 failed ({writer}: " in err, err[-3000:]
