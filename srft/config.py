@@ -796,6 +796,15 @@ def reward_spec_text(spec: Any) -> str:
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically); `train.resume` is left out (saved empty) so that
     `--config config.yaml` re-runs the run rather than resuming it."""
+    d = saved_dict(cfg)
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    tmp.replace(path)
+
+
+def saved_dict(cfg: Config) -> dict:
+    """The config as config.yaml holds it (reward functions as import paths, in-memory data described)."""
     d = to_dict(cfg)
     d["train"]["resume"] = ""
     d["data"]["reward"] = reward_spec_text(cfg.data.reward)
@@ -804,10 +813,7 @@ def save_config(cfg: Config, path: Path) -> None:
         v = d[section][key]
         if v is not None and not isinstance(v, str):
             d[section][key] = f"<in memory: {len(v)} rows>" if hasattr(v, "__len__") else "<in memory>"
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
-    tmp.replace(path)
+    return d
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Bad input stops here, before any model loads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,6 +18,7 @@ from srft.config import Config, apply_preset, user_set
 from srft.data import load_rows
 from srft.eval_sets import EvalSets, build_eval_sets
 from srft.preflight import preflight
+from srft.resume_rules import check_resume
 from srft.rewards import needs_answer
 from srft.run_dir import keep_matplotlib_cache_in, refuse_used_output_dir
 
@@ -34,6 +35,8 @@ class RunInputs:
     resume_from: Optional[Path] = None
     """the checkpoint a resumed run continues from, and its trainer state"""
     resume_state: Optional[dict] = None
+    resume_changes: dict = field(default_factory=dict)
+    """{setting: [before, after]} a resume changes (`srft.resume_rules`: only those that may change)"""
 
 
 def steps_for_epochs(cfg: Config, n_rows: int) -> int:
@@ -61,6 +64,7 @@ def prepare_run(cfg: Config, model_given: bool = False) -> RunInputs:
     if cfg.train.resume:
         cfg.train.output_dir = cfg.train.resume
     out = Path(cfg.train.output_dir)
+    changes = check_resume(cfg, out) if cfg.train.resume else {}  # before anything loads
     resume_from, resume_state = resume_point(out, cfg.train.max_steps) if cfg.train.resume else (None, None)
     refuse_used_output_dir(cfg)
     keep_matplotlib_cache_in(out)  # before anything imports matplotlib (reasoning-gym does)
@@ -75,4 +79,4 @@ def prepare_run(cfg: Config, model_given: bool = False) -> RunInputs:
     if reward_free and not all(r.get("answer") is not None for r in rows):
         reward_fn = []  # SFT needs no reward: demonstrations are not scored, eval_dataset not evaluated
     return RunInputs(cfg, reward_fn, need_answer, rows, build_eval_sets(cfg, reward_fn, need_answer),
-                     resume_from, resume_state)
+                     resume_from, resume_state, changes)

@@ -31,6 +31,7 @@ from srft.checkpoint import latest_checkpoint, run_is_complete
 from srft.config import Config, apply_overrides, apply_preset, flatten, save_config, to_dict
 from srft.distributed import launched_rank
 from srft.presets import get_preset
+from srft.resume_rules import check_resume
 from srft.run_dir import RunFolderLock, clear_previous_run, finish_run, refuse_used_output_dir
 from srft.trainer import Trainer
 
@@ -118,6 +119,9 @@ def run_stages(cfg: Config, log=print, trainer_cls=None) -> dict:
 def _run_stages(cfg: Config, log, trainer_cls) -> dict:
     out = Path(cfg.train.output_dir)
     resume = bool(cfg.train.resume)
+    if resume and "train.max_steps" in check_resume(cfg, out):  # (each stage checks its own settings)
+        raise ValueError(f"resume {out}: train.max_steps cannot change when resuming a staged run (its stages "
+                         f"split train.max_steps)")
     refuse_used_output_dir(cfg)
     if resume and run_is_complete(out):
         raise ValueError(f"--resume {out}: the run is complete (final/, eval.json and plots/ are there)")

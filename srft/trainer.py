@@ -67,6 +67,7 @@ from srft.rollout import make_engine
 from srft.run_dir import finish_run, refuse_used_output_dir, start_step_logs  # noqa: F401 (re-exported)
 from srft.run_dir import hold_run_folder, holding_run_folder, releasing_run_folder_on_error
 from srft.run_inputs import RunInputs, prepare_run
+from srft.resume_rules import record_resume
 from srft.run_log import CompletionLog, ProgressLog
 from srft.run_summary import check_context, dropped_warning, settings_lines
 from srft.samples import Sample, collate  # noqa: F401 (re-exported)
@@ -86,7 +87,7 @@ class Trainer:
         self.run_lock = hold_run_folder(inputs, log)
         self.cfg = cfg = inputs.cfg
         self.reward_fn, self.out = inputs.reward_fn, Path(cfg.train.output_dir)
-        self.resume_from = inputs.resume_from
+        self.resume_from, self.resume_changes = inputs.resume_from, inputs.resume_changes
         set_seed(cfg.train.seed)
         log_with = report_targets(cfg.train.report_to) or None
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per
@@ -301,6 +302,8 @@ class Trainer:
                                     cfg.train.seed, enabled=dist.is_main)
         if dist.is_main:
             start_step_logs(self.out, self.step, bool(self.resume_from), cfg.train.save_rollouts)
+            if self.resume_from:
+                record_resume(self.out, self.step, self.resume_changes)
             if not self.resume_from:
                 completions.start(fresh=True)
         if not self.resume_from:  # a resumed run's "before" evaluation and history come from the checkpoint
