@@ -526,7 +526,11 @@ def _check_answer(i: int, row: dict) -> Any:
     answer = row.get("answer")
     if answer is None or (isinstance(answer, float) and answer != answer):
         raise DataError(f"row {i}: field 'answer' is missing")
-    if (isinstance(answer, str) and not answer.strip()) or (isinstance(answer, (list, tuple, dict)) and not answer):
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise DataError(f"row {i}: field 'answer' must be text or a number, got {type(answer).__name__} "
+                        f"({str(answer)[:60]!r}); it is compared as text, so it is never converted from a "
+                        f"{type(answer).__name__} (data.answer_column 'a.b' reads key b of a mapping column)")
+    if isinstance(answer, str) and not answer.strip():
         raise DataError(f"row {i}: field 'answer' is empty")
     return answer
 

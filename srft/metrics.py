@@ -76,7 +76,10 @@ METRICS: dict[str, str] = {
     "memory/peak_allocated_gib": "peak GPU memory allocated by torch during the step, GiB, max over ranks (GPU runs only)",
     "dist/world_size": "number of training processes (ranks); every other metric is over all of them",
     "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",
-    "eval/<set>/accuracy": "avg@k accuracy on an evaluation set (written on evaluation steps)",
+    "eval/<set>/accuracy": "avg@k accuracy on an evaluation set scored by a verifier (written on evaluation steps; "
+                           "the evaluation before training goes to the trackers at step 0)",
+    "eval/<set>/reward": "mean reward on an evaluation set scored by a reward that is not a built-in verifier "
+                         "(mean over problems of the mean over k samples; not a percentage)",
 }
 
 
@@ -84,7 +87,7 @@ def doc_for(name: str) -> Optional[str]:
     if name in METRICS:
         return METRICS[name]
     if name.startswith("eval/"):
-        return METRICS["eval/<set>/accuracy"]
+        return METRICS["eval/<set>/reward" if name.endswith("/reward") else "eval/<set>/accuracy"]
     if name.startswith("rewards/") and name.rsplit("/", 1)[-1] in ("mean", "std"):
         return METRICS[f"rewards/<function>/{name.rsplit('/', 1)[-1]}"]
     return None
