@@ -348,7 +348,8 @@ class Config:
         return read_back(name, lambda key: _get(self, key), self.__dict__.get("_trl"))
 
     def validate(self) -> None:
-        """Cross-field checks; raises ValueError naming the field."""
+        """Each field inside its domain (`DOMAINS`), then cross-field checks; raises ValueError naming the field."""
+        check_domains(self)
         r, t = self.rollout, self.train
         group = r.n_rollouts + r.n_demos
         if r.n_rollouts < 0 or r.n_demos < 0:
@@ -406,7 +407,6 @@ class Config:
                 raise ValueError(VLLM_MISSING)
         if not r.is_cap > 0:
             raise ValueError(f"rollout.is_cap must be > 0, got {r.is_cap}")
-        check_domains(self)
 
 
 def _finite(v: Any) -> bool:
@@ -419,6 +419,10 @@ def _positive(v: Any) -> bool:
 
 def _non_negative(v: Any) -> bool:
     return _finite(v) and v >= 0
+
+
+def _count(minimum: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
 
 def _optional(check):
@@ -460,7 +464,41 @@ DOMAINS: dict[str, tuple[Any, str]] = {
     "eval.top_p": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
     "eval.limit": (_optional(_non_negative), "None (all) or >= 0 (0: no evaluation)"),
     "train.epochs": (_optional(_positive), "None (train.max_steps decides) or a finite number > 0"),
+    "train.stage_split": (_optional(lambda v: _finite(v) and 0 < v < 1), "None or in (0, 1)"),
+    "objective.mu_peak": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    "objective.mu_valley": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    "objective.mu_warmup": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1] (a share of train.max_steps)"),
+    "objective.mu_decay": (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1] (a share of train.max_steps)"),
+    # counts: whole numbers (a float or a bool given in Python is refused, not rounded)
+    **{k: (_count(1), ">= 1 (a whole number)") for k in (
+        "data.max_prompt_tokens", "data.max_demo_tokens", "rollout.max_new_tokens", "rollout.batch_size",
+        "rollout.vllm_tensor_parallel_size", "train.prompts_per_step", "train.mini_batches", "train.epochs_per_batch",
+        "train.micro_batch_size", "train.save_total_limit", "train.max_nonfinite_steps", "eval.k",
+        "eval.max_new_tokens", "eval.batch_size")},
+    **{k: (_count(0), ">= 0 (a whole number)") for k in (
+        "rollout.n_rollouts", "rollout.n_demos", "train.max_steps", "train.eval_every", "train.save_every",
+        "train.log_every", "train.log_completions", "train.logprob_chunk_size")},
+    "rollout.vllm_max_model_len": (_optional(_count(1)), "None (the model's) or a whole number >= 1"),
+    "objective.sft_gate": (_optional(_count(0)), "None (off) or a whole number >= 0"),
 }
+
+
+def domains_markdown() -> str:
+    """DOMAINS as a markdown table (docs/reliability.md, between its domains markers)."""
+    return "\n".join(["| field | allowed |", "|---|---|"] + [f"| `{k}` | {what} |" for k, (_, what) in DOMAINS.items()])
+
+
+def numeric_fields() -> list[str]:
+    """Every field whose type is a number (int, float or Optional of one): each has a DOMAINS entry."""
+    out = []
+    for s in SECTIONS:
+        sub_cls = type(getattr(Config(), s))
+        for f in dataclasses.fields(sub_cls):
+            tp = _field_type(sub_cls, f.name)
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if (args[0] if args else tp) in (int, float):
+                out.append(f"{s}.{f.name}")
+    return out
 
 
 def check_domains(cfg: "Config") -> None:
@@ -748,6 +786,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str, mark: b
             values[section][name] = _parse_value(raw, _field_type(sub_cls, name))
         except ValueError as e:
             raise ValueError(f"{source}: bad value for {key}: {e}") from None
+        except TypeError:  # a list or a mapping where a number goes (YAML)
+            raise ValueError(f"{source}: bad value for {key}: expected {_type_word(_field_type(sub_cls, name))}, "
+                             f"got {type(raw).__name__} {raw!r}") from None
         if mark:
             marked.add(f"{section}.{name}")
     out = from_dict(values, marked)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,7 +70,7 @@ def test_saved_config_round_trips(tmp_path):
         (["--rollout.batch_size", "0"], "rollout.batch_size must be >= 1"),
         (["--eval.k", "0"], "eval.k must be >= 1"),
         (["--data.max_demo_tokens", "0"], "data.max_demo_tokens must be >= 1"),
-        (["--rollout.is_cap", "0"], "rollout.is_cap must be > 0"),
+        (["--rollout.is_cap", "0"], "rollout.is_cap must be a finite number > 0"),
     ],
 )
 def test_bad_values_name_the_field(argv, needle):
@@ -287,3 +288,59 @@ def test_report_to_takes_several_trackers_and_names_a_bad_one():
     cfg.train.report_to = ["mlflow"]
     with pytest.raises(ValueError, match=r"train.report_to: 'mlflow' is not one of"):
         cfg.validate()
+
+
+def test_every_numeric_field_has_a_declared_domain():
+    from srft.config import DOMAINS, numeric_fields
+
+    assert numeric_fields() and [k for k in numeric_fields() if k not in DOMAINS] == []
+
+
+def _numeric_cases():
+    from srft.config import DOMAINS, numeric_fields
+
+    for key in numeric_fields():
+        ok = DOMAINS[key][0]
+        for bad in (float("nan"), float("inf"), -1, -1.5, 2.5, True):
+            if not ok(bad):
+                yield key, bad
+
+
+@pytest.mark.parametrize("key,bad", list(_numeric_cases()))
+def test_a_value_outside_a_numeric_fields_domain_is_refused_naming_it(key, bad):
+    """Every numeric field, every kind of bad value its domain refuses (NaN, infinities, negatives,
+    a fraction for a count, a bool): in Python, validate() names the field and its domain."""
+    from srft.config import DOMAINS
+
+    cfg = Config()
+    section, name = key.split(".")
+    object.__setattr__(getattr(cfg, section), name, bad)  # (as a Python user can)
+    with pytest.raises(ValueError, match=re.escape(f"{key} must be {DOMAINS[key][1]}")):
+        cfg.validate()
+
+
+def test_every_numeric_field_refuses_nan():
+    from srft.config import DOMAINS, numeric_fields
+
+    assert all(not DOMAINS[k][0](float("nan")) for k in numeric_fields())
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train:\n  max_steps: [1]\n", "bad value for train.max_steps: expected INT, got list [1]"),
+    ("optim:\n  lr: {a: 1}\n", "unknown config field 'optim.lr.a'"),
+    ("train:\n  max_steps: ten\n", "bad value for train.max_steps"),
+    ("rollout:\n  temperature: -1\n", "rollout.temperature must be a finite number > 0"),
+])
+def test_wrong_yaml_types_are_refused_naming_the_field(tmp_path, text, needle):
+    y = tmp_path / "c.yaml"
+    y.write_text(text)
+    with pytest.raises(ValueError) as e:
+        parse(["--config", str(y)])
+    assert needle in str(e.value)
+
+
+def test_reliability_md_lists_every_domain():
+    from srft.config import domains_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    assert domains_markdown() in doc, "docs/reliability.md's domain table is stale: regenerate it from DOMAINS"
