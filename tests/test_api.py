@@ -236,3 +236,21 @@ def test_a_raising_reward_names_itself_and_the_row_and_a_fixed_rerun_goes_ahead(
     out = SRFTTrainer(str(tiny_model_dir), args=_tiny(tmp_path), train_dataset=rows, reward_funcs=fixed,
                       log=lambda *a: None).train()  # the same folder: nothing in it to keep, so no refusal
     assert out["steps"] == 1
+
+
+@pytest.mark.parametrize("kwargs,error,needle", [
+    ({"model": 5}, TypeError, "model: expected a folder, a hub id"),
+    ({"args": {"learning_rate": 1e-6}}, TypeError, "args: expected an SRFTConfig"),
+    ({"reward_funcs": [3]}, TypeError, "reward_funcs: expected callables or names, got int"),
+    ({"reward_processing_classes": ["tok"]}, ValueError, "reward_processing_classes: srft takes reward functions"),
+    ({"optimizers": ("adam", None)}, ValueError, "optimizers: srft builds its AdamW"),
+    ({"reward_funcs": ["math", "testbed"], "reward_weights": [1.0]}, ValueError, "reward_weights: 1 weights for 2"),
+    ({"reward_weights": ["a"]}, TypeError, "reward_weights: expected numbers"),
+    ({"callbacks": [object()]}, TypeError, "callbacks: object has none of on_train_begin"),
+])
+def test_every_argument_of_the_trainer_is_checked_when_it_is_made(kwargs, error, needle):
+    from srft import SRFTTrainer
+
+    with pytest.raises(error) as e:
+        SRFTTrainer(**kwargs)
+    assert needle in str(e.value)
