@@ -209,7 +209,7 @@ def holding_run_folder(train):
 
 # what a run writes into its folder, removed by train.overwrite (anything else is left as it is)
 RUN_FILES = ("checkpoints", "final", ".tmp-final", "eval.json", "plots", "metrics.jsonl", ".tmp-metrics.jsonl",
-             "rollouts.jsonl", "completions.jsonl", "config.yaml", "srft")
+             "rollouts.jsonl", "completions.jsonl", "config.yaml", "resumes.jsonl", "srft")
 STAGE_FOLDER = re.compile(r"stage\d+-[\w-]+")
 
 

@@ -119,7 +119,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0  # consecutive steps whose updates were skipped (non-finite)
         self.eval_before: dict = {}
-        self.eval_after: Optional[dict] = None  # the last step's evaluation (kept in its checkpoint)
+        self.eval_after: dict | None = None  # the last step's evaluation (kept in its checkpoint)
         self.eval_history: list[dict] = []
         self.last_eval: tuple[int, dict] = (-1, {})  # the step of the newest evaluation, and its results
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", self.accelerator, use_trackers=log_with is not None,
