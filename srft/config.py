@@ -180,6 +180,13 @@ class ObjectiveConfig:
     (a token mean under token-mean; LUFFY's script: 0.001)."""
     adv_std_norm: bool = True
     """Divide group advantages by the group std (paper) or not (LUFFY)."""
+    rollout_advantage: str = "group"
+    """Advantages of the on-policy rollouts: "group" (the group's, as the demonstrations'); "signed": +1
+    for a correct rollout (reward >= 1), -1 for a wrong one, no baseline or normalisation (the paper's
+    L_RL_self with rewards in {+1, -1}; `losses.signed_rewards`). Demonstrations keep the group advantage."""
+    rl_self_form: str = "surrogate"
+    """L_RL_self per token: "surrogate" (-min(r A, clip(r) A), `losses.clipped_surrogate`) or "reinforce"
+    (-A log pi, no ratio and no clipping; `losses.reinforce_term`)."""
     demos_in_group: bool = True
     """Demonstrations join their prompt's group for the advantages (SRFT, LUFFY: G_aug); False keeps them
     out (RL with an SFT loss: GRPO advantages over the rollouts only, demonstrations get A = 0)."""
@@ -668,6 +675,8 @@ CHOICES: dict[str, Any] = {
     "objective.normalize_over": ("term", "batch"),
     "objective.sft_token_weight": ("none", "phi"),
     "objective.mix_schedule": ("none", "chord"),
+    "objective.rollout_advantage": ("group", "signed"),
+    "objective.rl_self_form": ("surrogate", "reinforce"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "train.preset": _presets,
     "train.micro_batch_grouping": ("length", "none"),

@@ -140,6 +140,24 @@ def clipped_surrogate(
     return loss, ratio.detach(), was_clipped
 
 
+def reinforce_term(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Per-token REINFORCE term, l_t = -A log pi(y_t): no ratio, no clipping (the paper's L_RL_self
+    with rewards in {+1, -1}, as the HPT authors' reimplementation of SRFT writes it).
+
+    Args:
+        logprobs: (B, T); advantages: (B,) per sequence or (B, T) per token.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    return -advantages * logprobs
+
+
+def signed_rewards(rewards: torch.Tensor) -> torch.Tensor:
+    """+1 for a correct response (reward >= 1, the binary verifier's credit), -1 otherwise: the
+    paper's on-policy advantages, with no group baseline and no normalisation."""
+    return torch.where(rewards >= 1.0, torch.ones_like(rewards), -torch.ones_like(rewards))
+
+
 def truncated_is_weight(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
     """Per-token truncated importance weight of a rollout token sampled by another engine:
 

@@ -31,6 +31,12 @@ Choices where the paper is silent (each is an option of ObjectiveConfig):
   loss_agg_mode)`) does: a token mean under token-mean, sum H / (N_seqs * L_max)
   under token-sum-norm. 0 by default (LUFFY's script: 0.001).
 
+The paper's literal on-policy form (preset `srft_paper`, after the HPT authors' reimplementation,
+`mix_core_alg.py::compute_token_on_off_policy_srft_loss`): `rollout_advantage = "signed"` (+1 for
+a correct rollout, -1 for a wrong one, `srft.losses.signed_rewards`) and `rl_self_form =
+"reinforce"` (-A log pi, `srft.losses.reinforce_term`), so L_RL_self = w_RL E[-log pi(y+)] +
+E[log pi(y-)] with w_RL = 0.1 sg(exp(H)) of each rollout's own token-mean entropy.
+
 Switches for the methods published after SRFT (presets `hpt`, `chord`, `chord_phi`):
 - `sft_gate` (HPT): per prompt, SFT on the demonstration when at most `sft_gate` rollouts
   are correct, else RL on the rollouts (`srft.losses.gate_groups`; `LossInputs.active`);
@@ -170,6 +176,8 @@ def compute_loss(x: LossInputs, norms: Normalizers, cfg, mu: Optional[float] = N
         # detached log-prob (r = 1), so a NaN on a demonstration row or on padding never reaches the loss
         old = torch.where(roll_mask > 0, x.old_logprobs, x.logprobs.detach())
         per_tok, ratio, clipped = L.clipped_surrogate(x.logprobs, old, x.advantages, cfg.clip_eps, cfg.clip_eps_high)
+        if cfg.rl_self_form == "reinforce":  # -A log pi: no ratio, no clip (the paper's form)
+            per_tok = L.reinforce_term(x.logprobs, x.advantages)
         w_rl = _weight(H, cfg.w_rl, cfg.w_rl_coef, cfg.w_rl_sign)
         positive = (x.advantages > 0).to(mask.dtype).unsqueeze(-1)
         w_tok = positive * w_rl + (1 - positive)
@@ -210,8 +218,11 @@ def advantages(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]
     if not rewards:
         return torch.zeros(0)
     group_ids = [g if (cfg.demos_in_group or not d) else -1 - i for i, (g, d) in enumerate(zip(groups, is_demo))]
-    return L.group_advantages(torch.tensor(rewards, dtype=torch.float32), torch.tensor(group_ids, dtype=torch.long),
-                              cfg.adv_std_norm)
+    r = torch.tensor(rewards, dtype=torch.float32)
+    adv = L.group_advantages(r, torch.tensor(group_ids, dtype=torch.long), cfg.adv_std_norm)
+    if cfg.rollout_advantage == "signed":  # rollouts: +1 / -1; demonstrations keep the group's
+        adv = torch.where(torch.tensor(is_demo), adv, L.signed_rewards(r))
+    return adv
 
 
 def gates_samples(cfg) -> bool:

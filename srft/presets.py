@@ -39,6 +39,26 @@ register_preset(Preset(
     {},
 ))
 register_preset(Preset(
+    "srft_paper",
+    "SRFT with the paper's L_RL_self (rewards in {+1, -1}) as the HPT authors' reimplementation writes it: "
+    "REINFORCE on rollouts (no ratio, clip or group normalisation), a correct rollout weighted +0.1 sg(e^H), a "
+    "wrong one -1, H each response's own token-mean entropy (detached); the demonstration in the group with "
+    "mean-only advantages, LUFFY's shaping p/(p+0.1) and 0.5 sg(e^-H) NLL; token sum / (n_seqs * L_max); "
+    "entropy bonus 0.001.",
+    "L = [sum_demo (0.5 sg(e^-H) NLL - A p/(p+0.1)) + sum_roll -a log pi - 0.001 sum_all H] / (N_seqs L_max), "
+    "a = +0.1 sg(e^H) if correct else -1, A = R - mean(G_aug)",
+    {
+        "rollout.n_rollouts": 7, "rollout.n_demos": 1,
+        "objective.sft_demo": True, "objective.w_sft": "entropy", "objective.w_sft_coef": 0.5,
+        "objective.w_sft_sign": -1.0, "objective.rl_demo": True, "objective.demo_shaping_gamma": 0.1,
+        "objective.rl_self": True, "objective.w_rl": "entropy", "objective.w_rl_coef": 0.1,
+        "objective.w_rl_sign": 1.0, "objective.rollout_advantage": "signed", "objective.rl_self_form": "reinforce",
+        "objective.clip_eps": None, "objective.entropy_granularity": "sequence", "objective.adv_std_norm": False,
+        "objective.demos_in_group": True, "objective.aggregation": "token-sum-norm",
+        "objective.normalize_over": "batch", "objective.entropy_bonus": 0.001,
+    },
+))
+register_preset(Preset(
     "grpo",
     "GRPO / zero-RL: clipped policy gradient on 8 on-policy rollouts per prompt, no demonstrations.",
     "L = token-mean over rollouts of -min(r A, clip(r) A), A = (R - mean) / std over 8 rollouts",

@@ -310,3 +310,36 @@ def test_entropy_bonus_is_aggregated_like_the_policy_loss(aggregation):
     want = -c * (h_sum / 8 if aggregation == "token-mean" else h_sum / (3 * 3))
     assert m1["loss/entropy_bonus"].item() == pytest.approx(want, rel=1e-6)
     assert m1["loss/total"].item() == pytest.approx(m0["loss/total"].item() + want, rel=1e-5)
+
+
+def test_srft_paper_equals_the_papers_written_on_policy_form():
+    """srft_paper (the HPT authors' reimplementation of SRFT): rollouts get -a log pi with
+    a = +0.1 e^{H_seq} (correct) or -1 (wrong), no ratio or clip; the demonstration gets
+    0.5 e^{-H_seq} NLL and -A p/(p+0.1); everything summed over tokens / (N_seqs * L_max); the bonus
+    -0.001 sum H / (N_seqs * L_max) over every response token. Worked out token by token."""
+    from srft.objective import advantages
+
+    cfg = preset_cfg("srft_paper")
+    # advantages: rewards 1 (correct rollout), 0 (wrong rollout), 1 (the demonstration) in one group
+    adv = advantages(cfg, [1.0, 0.0, 1.0], [0, 0, 0], [False, False, True])
+    assert adv.tolist() == pytest.approx([1.0, -1.0, 1.0 - 2.0 / 3.0])  # demo: R - mean(G_aug), no std
+    base = small_batch(2)
+    x = LossInputs(base.logprobs, base.entropy, base.old_logprobs, adv, base.mask, base.is_demo)
+    loss, m = compute_loss(x, norms_of(x), cfg)
+    lp, H, mask = x.logprobs.detach(), x.entropy, x.mask
+    n_seqs, l_max = 3, 3
+    h_seq = [(H[i] * mask[i]).sum() / mask[i].sum() for i in range(3)]
+    sft = sum(0.5 * math.exp(-h_seq[2]) * -lp[2, t] for t in range(3)) / (n_seqs * l_max)
+    rl_demo = sum(-adv[2] * lp[2, t].exp() / (lp[2, t].exp() + 0.1) for t in range(3)) / (n_seqs * l_max)
+    correct = sum(-0.1 * math.exp(h_seq[0]) * lp[0, t] for t in range(2))  # w_RL E[-log pi(y+)]
+    wrong = sum(lp[1, t] for t in range(3))                                   # + E[log pi(y-)]
+    rl_self = (correct + wrong) / (n_seqs * l_max)
+    bonus = -0.001 * (H * mask).sum() / (n_seqs * l_max)
+    assert m["loss/sft_demo"].item() == pytest.approx(float(sft), rel=1e-5)
+    assert m["loss/rl_demo"].item() == pytest.approx(float(rl_demo), rel=1e-5)
+    assert m["loss/rl_self"].item() == pytest.approx(float(rl_self), rel=1e-5)
+    assert m["loss/entropy_bonus"].item() == pytest.approx(float(bonus), rel=1e-5)
+    assert loss.item() == pytest.approx(float(sft + rl_demo + rl_self + bonus), rel=1e-5)
+    # no ratio: the old log-probs do not enter (a different pi_old gives the same loss)
+    y = LossInputs(x.logprobs, x.entropy, x.old_logprobs + 1.0, adv, x.mask, x.is_demo)
+    assert compute_loss(y, norms_of(y), cfg)[0].item() == pytest.approx(loss.item(), rel=1e-6)

@@ -227,9 +227,10 @@ def test_a_preset_set_in_python_trains_that_preset(tiny_model_dir, tmp_path):
     assert saved["rollout"]["n_demos"] == 0 and saved["data"]["reward"].endswith("test_train_tiny:length_reward")
 
 
-@pytest.mark.parametrize("preset", ["hpt", "chord", "chord_phi"])
+@pytest.mark.parametrize("preset", ["hpt", "chord", "chord_phi", "srft_paper"])
 def test_newer_single_stage_presets_train(tiny_model_dir, tmp_path, preset):
-    """HPT's switch and CHORD's mu reach the trainer: gate/sft_share, weight/mu by step, weight/phi."""
+    """HPT's switch and CHORD's mu reach the trainer: gate/sft_share, weight/mu by step, weight/phi;
+    srft_paper's REINFORCE has no ratio to clip."""
     from srft.objective import get_preset
 
     over = {**get_preset(preset).overrides, "train.preset": preset, "train.save_every": 0}
@@ -248,6 +249,8 @@ def test_newer_single_stage_presets_train(tiny_model_dir, tmp_path, preset):
     if preset == "chord_phi":
         assert [r["weight/mu"] for r in rows] == pytest.approx([0.1] * 4)
         assert all(0.0 <= r["weight/phi"] <= 0.25 for r in rows)
+    if preset == "srft_paper":
+        assert all(r["loss/entropy_bonus"] < 0 and r["weight/rl"] > 0.1 for r in rows)  # 0.1 e^H, H > 0
 
 
 def test_hpt_prompts_without_a_correct_rollout_train_by_sft_only(tiny_model_dir, tmp_path):
