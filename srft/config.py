@@ -195,6 +195,9 @@ class ObjectiveConfig:
     sft_gate: Optional[int] = None
     """HPT's switch (`losses.gate_groups`): a prompt whose rollouts have at most this many correct answers
     (reward >= 1) trains by SFT on its demonstrations only, any other by RL on its rollouts only. None: off."""
+    demo_filter: bool = False
+    """Leave out of the loss the demonstrations the reward does not credit (reward < 1): SFT on
+    verifier-filtered demonstrations (`losses.filter_demos`, the preset `sft_filtered`)."""
     mix_schedule: str = "none"
     """"none", or "chord": L = (1 - mu) L_RL_self + mu L_SFT_demo with mu scheduled over training
     (`losses.chord_mu`: linear warm-up to mu_peak, cosine decay to mu_valley)."""

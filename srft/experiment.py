@@ -60,7 +60,7 @@ from srft.stats import T_CRIT, interval_verdict, mean_std, speed_verdict, steps_
 from srft.testbed.base_model import ensure_base_model
 from srft.trainer import Trainer
 
-MAIN_PRESETS = ["srft", "srft_paper", "sft", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
+MAIN_PRESETS = ["srft", "srft_paper", "sft", "sft_filtered", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
 EXPERIMENT_BUDGET = {
     "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 25, "train.save_every": 0,
     "optim.schedule": "linear",  # decay to 0, as TRL's default: at a constant rate SFT's seeds ended 55-74

@@ -225,6 +225,13 @@ def phi_weight(logprobs: torch.Tensor) -> torch.Tensor:
     return p * (1.0 - p)
 
 
+def filter_demos(correct: torch.Tensor, is_demo: torch.Tensor) -> torch.Tensor:
+    """Which samples enter the loss when demonstrations are filtered by the verifier: every rollout,
+    and the demonstrations it credits (`correct`: reward >= 1). Imperfect teachers' traces are
+    left out instead of imitated (the preset `sft_filtered`)."""
+    return ~is_demo | correct
+
+
 def chord_mu(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
     """CHORD's SFT weight mu at training step `step` (0-based):
 

@@ -227,17 +227,23 @@ def advantages(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]
 
 def gates_samples(cfg) -> bool:
     """Whether the objective leaves some samples out of the loss (`sample_gate`)."""
-    return cfg.sft_gate is not None
+    return cfg.sft_gate is not None or cfg.demo_filter
 
 
 def sample_gate(cfg, rewards: list[float], groups: list[int], is_demo: list[bool]) -> Optional[list[bool]]:
     """Which samples enter the loss (HPT's per-prompt switch, `cfg.sft_gate`: SFT on the
     demonstration when at most sft_gate rollouts are correct, else RL on the rollouts); None when
-    the objective has no gate (every sample enters)."""
+    the objective has no gate (every sample enters). With `cfg.demo_filter`, demonstrations the
+    reward does not credit are left out too (`srft.losses.filter_demos`)."""
     if not gates_samples(cfg) or not rewards:
         return None
-    return L.gate_groups(torch.tensor([r >= 1.0 for r in rewards]), torch.tensor(groups), torch.tensor(is_demo),
-                         cfg.sft_gate).tolist()
+    correct, demo = torch.tensor([r >= 1.0 for r in rewards]), torch.tensor(is_demo)
+    active = torch.ones(len(rewards), dtype=torch.bool)
+    if cfg.sft_gate is not None:
+        active = L.gate_groups(correct, torch.tensor(groups), demo, cfg.sft_gate)
+    if cfg.demo_filter:
+        active = active & L.filter_demos(correct, demo)
+    return active.tolist()
 
 
 def mix_weight(cfg, step: int, max_steps: int) -> Optional[float]:

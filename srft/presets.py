@@ -79,6 +79,17 @@ register_preset(Preset(
     },
 ))
 register_preset(Preset(
+    "sft_filtered",
+    "SFT on verifier-filtered demonstrations: token-mean NLL on the demonstrations the reward credits "
+    "(reward >= 1) only; the baseline for an imperfect teacher.",
+    "L = token-mean over tokens of credited demonstrations of -log p",
+    {
+        "rollout.n_rollouts": 0, "rollout.n_demos": 1,
+        "objective.sft_demo": True, "objective.w_sft": "constant", "objective.w_sft_coef": 1.0,
+        "objective.rl_demo": False, "objective.rl_self": False, "objective.demo_filter": True,
+    },
+))
+register_preset(Preset(
     "luffy",
     "LUFFY (arXiv 2504.14945): mixed group 7+1, unclipped on-policy term, shaped off-policy term, "
     "token sum / (n_seqs * L_max), entropy bonus 0.001, advantages not divided by std.",

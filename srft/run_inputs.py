@@ -51,7 +51,7 @@ def _reward_free(cfg: Config) -> bool:
     """An SFT run (no term uses a reward) with the reward left at "auto" on data other than the
     testbed's: it needs no reward, so rows without an `answer` train (TRL's SFTTrainer takes none)."""
     o = cfg.objective
-    return (cfg.data.reward == "auto" and not (o.rl_self or o.rl_demo) and o.sft_gate is None
+    return (cfg.data.reward == "auto" and not (o.rl_self or o.rl_demo or o.demo_filter) and o.sft_gate is None
             and cfg.rollout.n_rollouts == 0 and cfg.data.dataset != "testbed")
 
 

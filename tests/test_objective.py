@@ -343,3 +343,19 @@ def test_srft_paper_equals_the_papers_written_on_policy_form():
     # no ratio: the old log-probs do not enter (a different pi_old gives the same loss)
     y = LossInputs(x.logprobs, x.entropy, x.old_logprobs + 1.0, adv, x.mask, x.is_demo)
     assert compute_loss(y, norms_of(y), cfg)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_sft_filtered_leaves_uncredited_demonstrations_out():
+    from srft.objective import sample_gate
+
+    cfg = preset_cfg("sft_filtered")
+    # three prompts, one demonstration each; the verifier credits the first and the third
+    assert sample_gate(cfg, [1.0, 0.0, 1.0], [0, 1, 2], [True, True, True]) == [True, False, True]
+    x = small_batch(3)
+    x = LossInputs(x.logprobs, x.entropy, x.old_logprobs, torch.zeros(3), x.mask, torch.tensor([True, True, True]),
+                   active=torch.tensor([True, False, True]))
+    loss, m = compute_loss(x, Normalizers.from_masks(x.mask * torch.tensor([[1.0], [0.0], [1.0]]), x.is_demo,
+                                                     max_len=3), cfg)
+    lp = x.logprobs.detach()
+    expected = -(lp[0, :2].sum() + lp[2].sum()) / 5  # 2 + 3 tokens of the credited demonstrations
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)

@@ -227,7 +227,7 @@ def test_a_preset_set_in_python_trains_that_preset(tiny_model_dir, tmp_path):
     assert saved["rollout"]["n_demos"] == 0 and saved["data"]["reward"].endswith("test_train_tiny:length_reward")
 
 
-@pytest.mark.parametrize("preset", ["hpt", "chord", "chord_phi", "srft_paper"])
+@pytest.mark.parametrize("preset", ["hpt", "chord", "chord_phi", "srft_paper", "sft_filtered"])
 def test_newer_single_stage_presets_train(tiny_model_dir, tmp_path, preset):
     """HPT's switch and CHORD's mu reach the trainer: gate/sft_share, weight/mu by step, weight/phi;
     srft_paper's REINFORCE has no ratio to clip."""
@@ -249,6 +249,8 @@ def test_newer_single_stage_presets_train(tiny_model_dir, tmp_path, preset):
     if preset == "chord_phi":
         assert [r["weight/mu"] for r in rows] == pytest.approx([0.1] * 4)
         assert all(0.0 <= r["weight/phi"] <= 0.25 for r in rows)
+    if preset == "sft_filtered":  # the share of prompts whose demonstration the reward credits
+        assert all(0.0 <= r["gate/sft_share"] <= 1.0 for r in rows)
     if preset == "srft_paper":
         assert all(r["loss/entropy_bonus"] < 0 and r["weight/rl"] > 0.1 for r in rows)  # 0.1 e^H, H > 0
 
