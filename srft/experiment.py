@@ -10,10 +10,13 @@ Runs a grid of presets x seeds at an equal budget per method, then writes
 Learning rates (issue 13): unless `--optim.lr` is given (or `--no-select-lr`, the default
 with `--quick`), each method's learning rate is chosen first from `--lr-grid` (LR_GRID) by
 one run per rate at seed 0, scored on the testbed's validation split (`testbed:val`, never
-a test set; `select_learning_rates`, runs kept in OUT/lr-selection); SRFT's ablations use
-SRFT's rate. SFT-then-GRPO runs its SFT stage at SFT's selected rate and its GRPO stage at
-GRPO's, and its stage split (the share of the steps given to SFT, STAGE_SPLITS) is selected
-the same way (`select_stage_split`). The selected setting then runs with every seed (default 0-4), and the table
+a test set; `select_learning_rates`, runs kept in OUT/lr-selection); every method selects
+its own rate, SRFT's ablations included. A rate selected at an edge of those tried gets one
+more rate beside it on that side (1-3-10 steps, at most MAX_EXTENSIONS times; `extension`),
+and the report marks added rates and rates still at an edge. SFT-then-GRPO runs its SFT
+stage at SFT's selected rate; its stage split (the share of the steps given to SFT,
+STAGE_SPLITS) is selected at GRPO's rate (`select_stage_split`), then its GRPO stage's rate is
+selected for RL after SFT (`select_second_stage_lr`). The selected setting then runs with every seed (default 0-4), and the table
 adds each method's gap to SRFT with a Welch 95% interval over seeds (`srft.stats.welch_interval`;
 the statistics and verdict rules are `srft.stats`).
 
@@ -233,7 +236,9 @@ def run_configs(cfgs: dict, root: Path, jobs: int = 1, log=print) -> tuple[float
     return time.perf_counter() - t0, len(todo)
 
 
-LR_GRID = (1e-4, 3e-4, 1e-3)
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+MAX_EXTENSIONS = 2
+"""A rate selected at an edge of what was tried gets one more rate on that side, at most this often."""
 SELECTION_SEED = 0
 VAL_DATASET = "testbed:val"
 
@@ -243,33 +248,91 @@ def best_lr(val: dict[float, float]) -> float:
     return max(val, key=lambda lr: (val[lr], -lr))
 
 
+def next_rate(lr: float, up: bool) -> float:
+    """The neighbour of `lr` on the 1-3-10 ladder: 1e-3 -> 3e-3 -> 1e-2 up, 1e-3 -> 3e-4 -> 1e-4 down."""
+    exp = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10 ** exp
+    factor = (3 if mantissa < 2 else 10) if up else (1 if mantissa > 2 else 0.3)
+    return float(f"{factor * 10 ** exp:.3g}")
+
+
+def extension(val: dict[float, float]) -> Optional[float]:
+    """The rate to try next when the best of `val` is at an edge of the rates tried (None otherwise)."""
+    best = best_lr(val)
+    if len(val) < 2 or min(val) < best < max(val):
+        return None
+    return next_rate(best, up=best == max(val))
+
+
+def _validation_accuracy(run_dir: Path) -> float:
+    return json.loads((run_dir / "eval.json").read_text())["after"]["eval"]["accuracy"]
+
+
 def select_learning_rates(presets: list[str], root: Path, grid=LR_GRID, quick: bool = False, yaml_over=None,
-                          flag_over=None, jobs: int = 1, log=print) -> dict[str, dict]:
+                          flag_over=None, jobs: int = 1, log=print, extend: Optional[int] = None
+                          ) -> dict[str, dict]:
     """Each preset's learning rate: one run per value of `grid` (seed SELECTION_SEED, the grid's
     budget), scored by its final accuracy on the validation split (`testbed:val`, never a test
-    set); the best wins (ties: the smaller rate). Returns {preset: {"lr", "val": {lr: accuracy}}}.
+    set); the best wins (ties: the smaller rate). A best rate at an edge of the rates tried gets one
+    more rate on that side (`extension`), at most `extend` times (MAX_EXTENSIONS; 0 with `quick`).
+    Returns {preset: {"lr", "val": {lr: accuracy}, "edge": best still at an edge, "extended": [rates]}}.
     Runs are kept under root/PRESET/lr-X and reused."""
     yaml_over, flag_over = yaml_over or {}, flag_over or {}
-    cfgs = {}
-    for p in presets:
-        for lr in grid:
-            over = {**flag_over, "optim.lr": lr, "eval.dataset": VAL_DATASET}
-            cfg = run_config(p, SELECTION_SEED, root, quick, yaml_over, over)
-            cfg.train.output_dir = str(root / p / f"lr-{lr:g}")
-            cfgs[(p, f"lr {lr:g}")] = cfg
+
+    def make(p: str, lr: float):
+        cfg = run_config(p, SELECTION_SEED, root, quick, yaml_over,
+                         {**flag_over, "optim.lr": lr, "eval.dataset": VAL_DATASET})
+        cfg.train.output_dir = str(root / p / f"lr-{lr:g}")
+        return cfg
+
     log(f"[srft] learning-rate selection: {len(presets)} presets x {len(grid)} rates on {VAL_DATASET}")
-    run_configs(cfgs, root, jobs, log)
+    return select_rates(presets, grid, make, root, jobs, log, (0 if quick else MAX_EXTENSIONS) if extend is None
+                        else extend)
+
+
+def select_rates(keys: list[str], grid, make, root: Path, jobs: int, log, extend: int) -> dict[str, dict]:
+    """The rate selection loop for `keys` (presets, or a stage of one): `make(key, lr)` gives the run's
+    config (its output_dir the run folder); the grid first, then at most `extend` rounds of one more
+    rate beside a best rate at an edge."""
+    tried = {k: list(grid) for k in keys}
+    pending = {k: list(grid) for k in keys}
+    for round_ in range(extend + 1):
+        run_configs({(k, f"lr {lr:g}"): make(k, lr) for k, lrs in pending.items() for lr in lrs}, root, jobs, log)
+        pending = {}
+        for k in keys if round_ < extend else []:
+            new = extension({lr: _validation_accuracy(Path(make(k, lr).train.output_dir)) for lr in tried[k]})
+            if new is not None:
+                tried[k].append(new)
+                pending[k] = [new]
+                log(f"[srft] {k}: the best rate is at an edge of {sorted(tried[k][:-1])}; trying {new:g}")
+        if not pending:
+            break
     out = {}
-    for p in presets:
-        val = {}
-        for lr in grid:
-            ev = json.loads((root / p / f"lr-{lr:g}" / "eval.json").read_text())
-            val[lr] = ev["after"]["eval"]["accuracy"]
+    for k in keys:
+        val = {lr: _validation_accuracy(Path(make(k, lr).train.output_dir)) for lr in sorted(tried[k])}
         best = best_lr(val)
-        out[p] = {"lr": best, "val": val}
-        log(f"[srft] {p}: lr {best:g} (validation accuracy " + ", ".join(f"{lr:g}: {100 * v:.1f}"
-                                                                          for lr, v in val.items()) + ")")
+        out[k] = {"lr": best, "val": val, "edge": len(val) > 1 and best in (min(val), max(val)),
+                  "extended": tried[k][len(grid):]}
+        log(f"[srft] {k}: lr {best:g}{' (at an edge)' if out[k]['edge'] else ''} (validation accuracy "
+            + ", ".join(f"{lr:g}: {100 * v:.1f}" for lr, v in val.items()) + ")")
     return out
+
+
+def select_second_stage_lr(selection: dict, split: float, root: Path, grid=LR_GRID, quick: bool = False,
+                           yaml_over=None, flag_over=None, jobs: int = 1, log=print) -> dict:
+    """sft_then_grpo's GRPO-stage rate, selected for RL after SFT (not zero-RL's): its SFT stage at
+    SFT's selected rate and the selected `split`, the GRPO stage over the grid (extended at an edge as
+    for the presets), scored on the validation split; runs under root/sft_then_grpo/stage2-lr-X."""
+    yaml_over, flag_over = yaml_over or {}, flag_over or {}
+
+    def make(_key: str, lr: float):
+        over = {**flag_over, **staged_overrides(selection, split), "optim.lr": lr, "eval.dataset": VAL_DATASET}
+        cfg = run_config(STAGED, SELECTION_SEED, root, quick, yaml_over, over)
+        cfg.train.output_dir = str(root / STAGED / f"stage2-lr-{lr:g}")
+        return cfg
+
+    log(f"[srft] {STAGED}: the GRPO stage's rate, after SFT, x {len(grid)} rates on {VAL_DATASET}")
+    return select_rates([STAGED], grid, make, root, jobs, log, 0 if quick else MAX_EXTENSIONS)[STAGED]
 
 
 STAGE_SPLITS = (0.25, 0.5, 0.75)
@@ -572,23 +635,31 @@ def _header_lines(presets, seeds, grid: dict, summary: dict, command: str, quick
 
 
 def _selection_lines(selection: dict) -> list[str]:
-    """The learning-rate selection table, and sft_then_grpo's stage split when it was selected."""
+    """The learning-rate selection table (every rate tried; rates added beside an edge marked +, a
+    selected rate still at an edge marked "(edge)"), and sft_then_grpo's split and second-stage rate."""
     grid_lrs = sorted({lr for p, r in selection.items() if p != STAGED for lr in r["val"]})
-    text = ["Learning rates, selected per method on the validation split (`testbed:val`, seed "
-            f"{SELECTION_SEED}, final accuracy %); SRFT's ablations use SRFT's:", "",
+    text = ["Learning rates, selected per method (the ablations included) on the validation split "
+            f"(`testbed:val`, seed {SELECTION_SEED}, final accuracy %); + marks a rate added because the best was "
+            f"at an edge (at most {MAX_EXTENSIONS} times), (edge) a selected rate still at an edge:", "",
             "| method | " + " | ".join(f"lr {lr:g}" for lr in grid_lrs) + " | selected |",
             "|---|" + "---|" * (len(grid_lrs) + 1)]
     for p, r in selection.items():
         if p != STAGED:
-            text.append(f"| {p} | " + " | ".join(f"{100 * r['val'][lr]:.1f}" if lr in r["val"] else "-"
-                                                  for lr in grid_lrs) + f" | {r['lr']:g} |")
+            added = set(r.get("extended", []))
+            text.append(f"| {p} | " + " | ".join((f"{100 * r['val'][lr]:.1f}" + ("+" if lr in added else ""))
+                                                  if lr in r["val"] else "-" for lr in grid_lrs)
+                        + f" | {r['lr']:g}{' (edge)' if r.get('edge') else ''} |")
     text.append("")
     if STAGED in selection:
         r = selection[STAGED]
-        text += [f"{STAGED}: SFT stage at SFT's rate ({selection['sft']['lr']:g}), GRPO stage at GRPO's "
-                 f"({selection['grpo']['lr']:g}); the share of the steps given to SFT selected the same way "
-                 "(validation accuracy %): " + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in r["val"].items())
-                 + f"; selected {r['split']:g}.", ""]
+        second = r.get("second_stage")
+        stage2 = (f"GRPO stage at its own rate after SFT, {second['lr']:g}{' (edge)' if second.get('edge') else ''} "
+                  "(validation accuracy %: " + ", ".join(f"{lr:g}: {100 * v:.1f}" for lr, v in second["val"].items())
+                  + ")" if second else f"GRPO stage at GRPO's ({selection['grpo']['lr']:g})")
+        text += [f"{STAGED}: SFT stage at SFT's rate ({selection['sft']['lr']:g}); the share of the steps given to "
+                 "SFT selected at GRPO's rate (validation accuracy %): "
+                 + ", ".join(f"{sp:g}: {100 * v:.1f}" for sp, v in r["val"].items())
+                 + f"; selected {r['split']:g}; {stage2}.", ""]
     return text
 
 
@@ -660,19 +731,19 @@ def run_experiment_from_args(args) -> int:
         select = False  # the user fixed the learning rate
     selection, per_preset = None, {}
     if select:
-        own = [p for p in presets if p not in SRFT_ABLATIONS and p != STAGED]
-        if any(p in SRFT_ABLATIONS for p in presets) and "srft" not in own:
-            own.insert(0, "srft")
+        own = [p for p in presets if p != STAGED]  # every method, the ablations included, selects its own rate
         if STAGED in presets:  # its stages run at SFT's and GRPO's selected rates
             own += [p for p in ("sft", "grpo") if p not in own]
         grid_lrs = tuple(float(x) for x in args.lr_grid.split(","))
         selection = select_learning_rates(own, root / "lr-selection", grid_lrs, args.quick, yaml_over, flag_over,
                                           jobs=args.jobs)
-        per_preset = {p: {"optim.lr": selection[p if p in selection else "srft"]["lr"]}
-                      for p in presets if p != STAGED}
+        per_preset = {p: {"optim.lr": selection[p]["lr"]} for p in presets if p != STAGED}
         if STAGED in presets:
             split = select_stage_split(selection, root / "lr-selection", quick=args.quick, yaml_over=yaml_over,
                                        flag_over=flag_over, jobs=args.jobs)
+            second = select_second_stage_lr(selection, split["split"], root / "lr-selection", grid_lrs, args.quick,
+                                            yaml_over, flag_over, jobs=args.jobs)
+            split = {**split, "second_stage": second, "overrides": {**split["overrides"], "optim.lr": second["lr"]}}
             per_preset[STAGED] = split["overrides"]
             selection = {**selection, STAGED: split}
     grid = run_grid(presets, seeds, root, args.quick, yaml_over, flag_over, jobs=args.jobs, per_preset=per_preset)

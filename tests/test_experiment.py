@@ -122,9 +122,9 @@ def test_stage_split_selection_on_a_tiny_grid(tiny_model_dir, tmp_path):
 
 
 def test_parse_presets_groups_and_errors():
-    assert parse_presets("main")[:3] == ["srft", "sft", "grpo"]
+    assert parse_presets("main")[:5] == ["srft", "srft_paper", "sft", "sft_filtered", "grpo"]
     assert parse_presets("ablations") == ["srft", *SRFT_ABLATIONS]
-    assert len(parse_presets("all")) == 9 + len(SRFT_ABLATIONS)
+    assert len(parse_presets("all")) == 11 + len(SRFT_ABLATIONS)
     assert parse_presets("grpo, srft,grpo") == ["grpo", "srft"]
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         parse_presets("srft,nope")
@@ -253,3 +253,14 @@ def test_welch_interval_by_hand():
     assert d == 1.0 and df == pytest.approx(8.0) and hi - d == pytest.approx(2.306 * (2 * 10 / 5) ** 0.5)
     assert welch_interval([2.0, 2.0], [1.0, 1.0])[:3] == (1.0, 1.0, 1.0)
     assert t975(8.7) == 2.306 and t975(27) == 2.060 and t975(1e9) == 1.96
+
+
+def test_a_rate_at_an_edge_is_extended_on_that_side():
+    from srft.experiment import LR_GRID, extension, next_rate
+
+    assert LR_GRID == (1e-4, 3e-4, 1e-3, 3e-3)
+    assert [next_rate(1e-3, True), next_rate(3e-3, True), next_rate(1e-4, False), next_rate(3e-4, False)] == \
+        [3e-3, 1e-2, 3e-5, 1e-4]
+    assert extension({1e-4: 0.1, 3e-4: 0.5, 1e-3: 0.9, 3e-3: 0.95}) == 1e-2  # best at the top edge
+    assert extension({1e-4: 0.9, 3e-4: 0.5, 1e-3: 0.1, 3e-3: 0.0}) == 3e-5  # at the bottom edge
+    assert extension({1e-4: 0.1, 3e-4: 0.9, 1e-3: 0.5, 3e-3: 0.0}) is None  # inside: no extension
