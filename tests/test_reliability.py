@@ -171,7 +171,7 @@ CLI_CASES = {
                                   "row 0: field 'demonstration' has 1 demonstration(s), fewer than rollout.n_demos=2"),
     "mini_batches_do_not_divide": (["--train.mini_batches", "3"], "ok",
                                    "train.mini_batches (3) must divide train.prompts_per_step (4)"),
-    "mini_batches_zero": (["--train.mini_batches", "0"], "ok", "train.mini_batches must be >= 1, got 0"),
+    "mini_batches_zero": (["--train.mini_batches", "0"], "ok", "train.mini_batches must be >= 1 (a whole number), got 0"),
     "micro_batch_zero": (["--train.micro_batch_size", "0"], "ok", "train.micro_batch_size must be >= 1"),
     "missing_answer": ([], "missing_answer", "row 1: field 'answer' is missing"),
     "empty_answer": ([], "empty_answer", "row 1: field 'answer' is empty"),
