@@ -60,8 +60,9 @@ class ExperienceMaker:
         reward_stats: dict[str, int] = {}
         n_none, gated = self._score(samples, prompts, texts, rows, step, per_fn, reward_stats)
         timings["time/reward"] = time.perf_counter() - t0
+        think = sum("</think>" in t for s, t in zip(samples, texts) if not s.is_demo and isinstance(t, str))
         info = {**timings, **self._statistics(samples, exs, gen["finished"] if gen else [], n_none, gated,
-                                              reward_stats.get("timeouts", 0)),
+                                              reward_stats.get("timeouts", 0), think),
                 **self._reward_statistics(samples, per_fn)}
         if self.cfg.train.save_rollouts:
             self.dump_rollouts(samples, idx, step)
@@ -138,7 +139,7 @@ class ExperienceMaker:
         return n_none, gated
 
     def _statistics(self, samples: list[Sample], exs, finished: list[bool], n_none: int,
-                    gated: bool, timeouts: int = 0) -> dict[str, float]:
+                    gated: bool, timeouts: int = 0, think: int = 0) -> dict[str, float]:
         """The step's reward, length and group metrics over every rank (docs/metrics.md); with a
         gate, the share of prompts whose demonstrations enter the loss (gate/sft_share)."""
         roll = [s for s in samples if not s.is_demo]
@@ -146,11 +147,13 @@ class ExperienceMaker:
         zero_groups = sum(1 for g, _ in exs if len({s.reward for s in samples if s.group == g}) <= 1)
         n_sft_groups = float(len({s.group for s in demo if s.active})) if gated and samples else 0.0
         # global statistics: one all-reduce of sums and counts, one of maxima
-        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g, timed_out) = self.dist.sum([
+        (r_sum, r_n, d_sum, d_n, acc, none, zg, ng, len_sum, clip, dlen, gen_tok, sft_g, timed_out,
+         think_n) = self.dist.sum([
             sum(s.reward for s in roll), len(roll), sum(s.reward for s in demo), len(demo),
             sum(float(s.reward >= 1.0) for s in roll), n_none, zero_groups, len(exs),
             sum(len(s.response_ids) for s in roll), sum(0.0 if f else 1.0 for f in finished),
-            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll), n_sft_groups, timeouts])
+            sum(len(s.response_ids) for s in demo), sum(len(s.response_ids) for s in roll), n_sft_groups, timeouts,
+            think])
         (max_len,) = self.dist.max([max([len(s.response_ids) for s in roll], default=0)])
         info = {
             "reward/mean": ratio(r_sum, r_n),
@@ -163,6 +166,7 @@ class ExperienceMaker:
             "response_length/max": float(max_len),
             "response_length/clip_ratio": ratio(clip, r_n),
             "response_length/demo": ratio(dlen, d_n),
+            "rollout/think_share": ratio(think_n, r_n),
             "_gen_tokens": gen_tok,
         }
         if gated:

@@ -59,13 +59,14 @@ from srft.metrics import read_metrics
 from srft.presets import SRFT_ABLATIONS, get_preset
 from srft.runtime import quiet_libraries
 from srft.stages import is_staged, run_stages
-from srft.stats import T_CRIT, interval_verdict, mean_std, speed_verdict, steps_to_reach, welch_interval, welch_t
+from srft.stats import (T_CRIT, holm, mean_std, min_detectable_difference, steps_to_reach, welch_interval,
+                        welch_p, welch_t)
 from srft.testbed.base_model import ensure_base_model
 from srft.trainer import Trainer
 
 MAIN_PRESETS = ["srft", "srft_paper", "sft", "sft_filtered", "grpo", "sft_then_grpo", "luffy", "rl_sft", "hpt", "chord", "chord_phi"]
 EXPERIMENT_BUDGET = {
-    "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 25, "train.save_every": 0,
+    "train.max_steps": 150, "train.prompts_per_step": 16, "train.eval_every": 10, "train.save_every": 0,
     "optim.schedule": "linear",  # decay to 0, as TRL's default: at a constant rate SFT's seeds ended 55-74
 }
 QUICK_BUDGET = {
@@ -433,65 +434,126 @@ def gap_intervals(runs: dict, presets: list[str], seeds: list[int], sets: list[s
     return {p: welch_interval(ref_vals, per_seed(p)) for p in presets if p != ref}
 
 
-def _initial_entropy(rows: list[dict], head: float = 0.1) -> float:
+ALPHA = 0.05
+SPEED_THRESHOLD = 80.0
+"""In-distribution accuracy (%) the speed claim counts the steps to; fixed here, before any grid runs."""
+FORMAT_MOVE_LIMIT = 0.20
+"""An entropy claim is not testable when the share of rollouts in the demonstrations' format
+(rollout/think_share) moves by more than this between the first and the last 10% of steps."""
+RULES = {
+    "interval": "holds / fails: Welch two-sided test of SRFT minus the other over seeds, p Holm-adjusted over "
+                "every claim below < 0.05, the sign deciding; else not distinguishable (MDD: the smallest "
+                "difference this many seeds detect with 80% power at 0.05)",
+    "entropy": "the same test on each seed's rollout entropy relative to the base model's (the first step's): "
+               "level = mean of the last 10% of steps / base, area = mean over all steps / base; not testable "
+               f"when the share of rollouts in the demonstration format moves by more than "
+               f"{100 * FORMAT_MOVE_LIMIT:.0f} points",
+    "speed": f"the same test on each seed's steps to {SPEED_THRESHOLD:.0f}% in-distribution accuracy (never: the "
+             "last evaluated step + one interval), SFT-then-GRPO minus SRFT; not testable when no seed of either "
+             "reaches it",
+}
+
+
+def _entropy_levels(rows: list[dict]) -> tuple[float, float]:
+    """(level, area) of a run's rollout entropy relative to the base model's (its first step's)."""
     vals = [r["entropy/rollout"] for r in rows if isinstance(r.get("entropy/rollout"), (int, float))
             and math.isfinite(r["entropy/rollout"])]
+    if not vals or vals[0] <= 0:
+        return float("nan"), float("nan")
+    n = max(1, int(round(len(vals) * 0.1)))
+    return statistics.fmean(vals[-n:]) / vals[0], statistics.fmean(vals) / vals[0]
+
+
+def _format_move(rows: list[dict]) -> Optional[float]:
+    """How far rollout/think_share moves from the first to the last 10% of steps (None: not logged)."""
+    vals = [r["rollout/think_share"] for r in rows if isinstance(r.get("rollout/think_share"), (int, float))]
     if not vals:
-        return float("nan")
-    return statistics.fmean(vals[:max(1, int(round(len(vals) * head)))])
+        return None
+    n = max(1, int(round(len(vals) * 0.1)))
+    return abs(statistics.fmean(vals[-n:]) - statistics.fmean(vals[:n]))
 
 
-def entropy_ratio(rows: list[dict]) -> float:
-    """Rollout entropy over the last 10% of steps divided by that over the first 10% (1: steady)."""
-    first = _initial_entropy(rows)
-    return _final_entropy(rows) / first if first and math.isfinite(first) else float("nan")
+def _steps_to(history: list[dict], id_sets: list[str], threshold: float) -> tuple[float, bool]:
+    """(the first evaluated step at which the in-distribution mean reaches threshold %, reached?)."""
+    pts = [(h["step"], 100 * statistics.fmean(h[x] for x in id_sets)) for h in history
+           if h["step"] > 0 and all(x in h for x in id_sets)]
+    for step, acc in pts:
+        if acc >= threshold:
+            return float(step), True
+    last = pts[-1][0] if pts else 0
+    gap = pts[-1][0] - pts[-2][0] if len(pts) > 1 else last
+    return float(last + gap), False
+
+
+def _claim_tests(runs: dict, presets: list[str], seeds: list[int], summary: dict) -> list[dict]:
+    """Each claim as two samples over seeds (SRFT's and the other's, larger meaning the claim's way)."""
+    tests = []
+    per_seed = lambda p, sets: [100 * statistics.fmean(runs[(p, s)]["eval"]["after"][x]["accuracy"] for x in sets)  # noqa: E731
+                                for s in seeds]
+    for label, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
+        for p in [p for p in presets if p != "srft" and sets]:
+            kind = "ablation" if p in SRFT_ABLATIONS else "baseline"
+            if kind == "baseline" or label == "in distribution":
+                tests.append({"claim": f"SRFT above {p} ({kind}), {label}", "a": per_seed("srft", sets),
+                              "b": per_seed(p, sets), "unit": "points", "rule": "interval", "testable": True})
+    if "grpo" in presets:
+        lv = {p: [_entropy_levels(runs[(p, s)]["metrics"]) for s in seeds] for p in ("srft", "grpo")}
+        moves = [m for p in ("srft", "grpo") for s in seeds if (m := _format_move(runs[(p, s)]["metrics"])) is not None]
+        moved = bool(moves) and max(moves) > FORMAT_MOVE_LIMIT
+        for i, what in ((0, "level"), (1, "area")):
+            a, b = [x[i] for x in lv["srft"]], [x[i] for x in lv["grpo"]]
+            tests.append({"claim": f"rollout entropy kept higher under SRFT than under GRPO ({what}, relative to base)",
+                          "a": a, "b": b, "unit": "x base", "rule": "entropy",
+                          "testable": all(math.isfinite(x) for x in a + b) and not moved,
+                          "note": (f"format share moved by up to {100 * max(moves):.0f} points" if moved else "")})
+    if STAGED in presets and summary["id_sets"]:
+        steps = {p: [_steps_to(runs[(p, s)]["eval"].get("history", []), summary["id_sets"], SPEED_THRESHOLD)
+                     for s in seeds] for p in ("srft", STAGED)}
+        reached = any(ok for v in steps.values() for _, ok in v)
+        tests.append({"claim": f"one stage faster than two: steps to {SPEED_THRESHOLD:.0f}% in distribution, "
+                               f"{STAGED} minus SRFT", "a": [x for x, _ in steps[STAGED]],
+                      "b": [x for x, _ in steps["srft"]], "unit": "steps", "rule": "speed", "testable": reached,
+                      "note": "" if reached else "no seed reached the threshold"})
+    return tests
 
 
 def claim_verdicts(runs: dict, presets: list[str], seeds: list[int], summary: dict) -> list[dict]:
-    """One verdict per claim of the paper that this grid can test, each by a stated rule:
-    SRFT above each baseline in and out of distribution, and above each ablation (Welch 95%
-    interval of SRFT minus it over seeds, `interval_verdict`); entropy steadier under SRFT than
-    under GRPO (the same rule on the per-seed `entropy_ratio`); one stage faster than two (SRFT's
-    mean in-distribution curve reaches SFT-then-GRPO's final mean accuracy at an earlier evaluated
-    step than SFT-then-GRPO itself, `speed_verdict`). Rows: {"claim", "measured", "verdict"}."""
+    """One verdict per claim of the paper this grid can test (holds / fails / not distinguishable /
+    not testable), each by its rule (RULES): Welch's test over seeds with the p-values Holm-adjusted
+    over every testable claim (`srft.stats.holm`), the minimum detectable difference beside each
+    (`srft.stats.min_detectable_difference`). Rows: {"claim", "measured", "p", "p_holm", "mdd",
+    "verdict", "rule", "note"}."""
     if "srft" not in presets or len(seeds) < 2:
         return []
+    tests = _claim_tests(runs, presets, seeds, summary)
+    idx = [i for i, t in enumerate(tests) if t["testable"]]
+    raw = {i: welch_p(tests[i]["a"], tests[i]["b"]) for i in idx}
+    adjusted = dict(zip(idx, holm([raw[i] for i in idx])))
     out = []
-    for label, sets in (("in distribution", summary["id_sets"]), ("out of distribution", summary["ood_sets"])):
-        if not sets:
-            continue
-        gaps = gap_intervals(runs, presets, seeds, sets)
-        for p, (d, lo, hi, _) in gaps.items():
-            kind = "ablation" if p in SRFT_ABLATIONS else "baseline"
-            if kind == "ablation" and label != "in distribution":
-                continue
-            out.append({"claim": f"SRFT above {p} ({kind}), {label}",
-                        "measured": f"{d:+.1f} points [{lo:+.1f}, {hi:+.1f}]", "verdict": interval_verdict(lo, hi)})
-    if "grpo" in presets:
-        ratios = {p: [entropy_ratio(runs[(p, s)]["metrics"]) for s in seeds] for p in ("srft", "grpo")}
-        if all(math.isfinite(x) for v in ratios.values() for x in v):
-            d, lo, hi, _ = welch_interval(ratios["srft"], ratios["grpo"])
-            out.append({"claim": "rollout entropy steadier under SRFT than under GRPO (last / first 10% of steps)",
-                        "measured": f"srft {statistics.fmean(ratios['srft']):.2f}, grpo "
-                                    f"{statistics.fmean(ratios['grpo']):.2f}; difference {d:+.2f} [{lo:+.2f}, {hi:+.2f}]",
-                        "verdict": interval_verdict(lo, hi)})
-    if STAGED in presets:
-        curves = {p: [pt for pt in summary["curves"][p]["accuracy_id"] if pt[0] > 0] for p in ("srft", STAGED)}
-        if curves[STAGED]:
-            target = curves[STAGED][-1][1]
-            own, ours = steps_to_reach(curves[STAGED], target), steps_to_reach(curves["srft"], target)
-            verdict = speed_verdict(ours, own)
-            out.append({"claim": f"one stage faster than two: SRFT reaches {STAGED}'s final accuracy sooner",
-                        "measured": f"{STAGED} final {target:.1f}% (first reached at step {own}); SRFT reaches it "
-                                    f"at step {_or_never(ours)}",
-                        "verdict": verdict})
+    for i, t in enumerate(tests):
+        row = {"claim": t["claim"], "rule": RULES[t["rule"]], "note": t.get("note", ""), "p": None, "p_holm": None,
+               "mdd": None, "measured": "-", "verdict": "not testable"}
+        if t["testable"]:
+            d, lo, hi, _ = welch_interval(t["a"], t["b"])
+            (_, sa), (_, sb) = mean_std(t["a"]), mean_std(t["b"])
+            digits = 2 if t["unit"] == "x base" else 1
+            row.update(p=raw[i], p_holm=adjusted[i], mdd=min_detectable_difference(sa, sb, len(t["a"]), len(t["b"])),
+                       measured=f"{d:+.{digits}f} {t['unit']} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+            row["verdict"] = (("holds" if d > 0 else "fails") if adjusted[i] < ALPHA else "not distinguishable")
+        out.append(row)
     return out
 
 
 def format_verdicts(rows: list[dict]) -> str:
-    lines = ["| claim | measured (SRFT minus the other, 95% interval) | verdict |", "|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['measured']} | {r['verdict']} |" for r in rows]
-    return "\n".join(lines)
+    lines = ["| claim | measured (95% interval) | p | p (Holm) | MDD | verdict |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        mdd = "-" if r["mdd"] is None else f"{r['mdd']:.2f}"
+        p = "-" if r["p"] is None else f"{r['p']:.3f}"
+        ph = "-" if r["p_holm"] is None else f"{r['p_holm']:.3f}"
+        verdict = r["verdict"] + (f" ({r['note']})" if r.get("note") else "")
+        lines.append(f"| {r['claim']} | {r['measured']} | {p} | {ph} | {mdd} | {verdict} |")
+    rules = sorted({r["rule"] for r in rows})
+    return "\n".join(lines + ["", "Rules:"] + [f"- {rule}" for rule in rules])
 
 
 def compare_to(table: dict, ref: str, col: str, n: int) -> dict[str, tuple[float, float]]:
@@ -705,7 +767,7 @@ def _results_json(presets, seeds, grid: dict, summary: dict, command: str, quick
                               "val": {f"{k:g}": v for k, v in r["val"].items()}}
                           for p, r in (selection or {}).items()},
             "table": {m: {c: list(v) for c, v in row.items()} for m, row in summary["table"].items()},
-            "curves": summary["curves"], "verdicts": verdicts,
+            "curves": summary["curves"], "verdicts": verdicts, "speed_threshold": SPEED_THRESHOLD, "alpha": ALPHA,
             "runs": {f"{p}/seed-{s}": {k: v["accuracy"] for k, v in r["eval"]["after"].items()}
                      for (p, s), r in grid["runs"].items()}}
 

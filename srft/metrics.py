@@ -76,6 +76,9 @@ METRICS: dict[str, str] = {
     "memory/peak_allocated_gib": "peak GPU memory allocated by torch during the step, GiB, max over ranks (GPU runs only)",
     "dist/world_size": "number of training processes (ranks); every other metric is over all of them",
     "optim/skipped_updates": "optimiser updates skipped this step because the loss or gradient was not finite",
+    "rollout/think_share": "share of the step's rollouts that close a </think> block (the demonstrations' format on "
+                           "the testbed and in the paper's prompts); `srft experiment` reads it to tell an entropy "
+                           "change from a change of format",
     "eval/<set>/accuracy": "avg@k accuracy on an evaluation set scored by a verifier (written on evaluation steps; "
                            "the evaluation before training goes to the trackers at step 0)",
     "eval/<set>/reward": "mean reward on an evaluation set scored by a reward that is not a built-in verifier "

@@ -160,40 +160,58 @@ def test_summary_mean_std_by_hand():
 
 
 def test_claim_verdicts_by_hand():
-    """Each claim's verdict by its rule, on numbers worked out by hand."""
-    from srft.experiment import claim_verdicts, entropy_ratio
-    from srft.stats import interval_verdict
+    """Each claim's verdict by its rule, on numbers worked out by hand: Welch's p over seeds,
+    Holm-adjusted over the 7 claims, the detectable difference beside each."""
+    from srft.experiment import claim_verdicts, format_verdicts
 
-    assert [interval_verdict(lo, hi) for lo, hi in ((0.5, 3.0), (-3.0, -0.1), (-1.0, 2.0))] == \
-        ["holds", "fails", "not distinguishable"]
-    # 10 steps: first 10% = step 1, last 10% = step 10
-    assert entropy_ratio([{"step": i + 1, "entropy/rollout": e} for i, e in enumerate([2.0] + [1.0] * 8 + [1.0])]) \
-        == pytest.approx(0.5)
     base = {"id_chain4": 0.1, "ood_mc4": 0.2}
 
-    def run(acc_id, acc_ood, ent_last, hist=()):
+    def run(acc_id, acc_ood, ent_last, hist=(), think=None):
         h = [{"step": 0, "id_chain4": 0.1, "ood_mc4": 0.2}] + [{"step": st, "id_chain4": a, "ood_mc4": 0.2}
                                                                 for st, a in hist]
-        return _run({"id_chain4": acc_id, "ood_mc4": acc_ood}, base, h, [1.0] * 9 + [ent_last])
+        r = _run({"id_chain4": acc_id, "ood_mc4": acc_ood}, base, h, [1.0] * 9 + [ent_last])
+        for row, t in zip(r["metrics"], think or []):
+            row["rollout/think_share"] = t
+        return r
 
-    runs = {}
-    for s, (a, b, c) in enumerate([(0.60, 0.50, 0.40), (0.62, 0.52, 0.41), (0.64, 0.54, 0.42)]):
-        runs[("srft", s)] = run(a, 0.3, 0.9, [(50, 0.55), (100, a)])
-        runs[("grpo", s)] = run(b, 0.3 + 0.01 * s, 0.1)  # SRFT 10 points above, the same OOD within noise
-        runs[("sft_then_grpo", s)] = run(c, 0.3, 0.5, [(50, 0.30), (100, 0.41)])
-    presets, seeds = ["srft", "grpo", "sft_then_grpo"], [0, 1, 2]
-    v = {r["claim"].split(",")[0] + ("" if "," not in r["claim"] else ", " + r["claim"].split(", ")[-1]): r
-         for r in claim_verdicts(runs, presets, seeds, summarize(presets, seeds, runs))}
-    assert v["SRFT above grpo (baseline), in distribution"]["verdict"] == "holds"
-    assert v["SRFT above grpo (baseline), in distribution"]["measured"].startswith("+10.0 points")
-    # OOD: srft 30 in every seed, grpo 30, 31, 32: difference -1, se = 1/sqrt(3), df 2: [-3.48, +1.48]
+    def build(think_srft=None):
+        runs = {}
+        for s, (a, b, c) in enumerate([(0.60, 0.50, 0.40), (0.62, 0.52, 0.41), (0.64, 0.54, 0.42)]):
+            runs[("srft", s)] = run(a, 0.3, 0.9, [(50, 0.85), (100, a)], think_srft)
+            runs[("grpo", s)] = run(b, 0.3 + 0.01 * s, 0.1)  # SRFT 10 points above, the same OOD within noise
+            runs[("sft_then_grpo", s)] = run(c, 0.3, 0.5, [(50, 0.30), (100, 0.82 if s < 2 else 0.5)])
+        presets, seeds = ["srft", "grpo", "sft_then_grpo"], [0, 1, 2]
+        return {r["claim"]: r for r in claim_verdicts(runs, presets, seeds, summarize(presets, seeds, runs))}
+
+    v = build()
+    assert len(v) == 7
+    idg = v["SRFT above grpo (baseline), in distribution"]
+    # 60/62/64 vs 50/52/54: d = 10, se = sqrt(4/3 + 4/3) = 1.633, t = 6.12, df = 4: p = 0.0036; Holm rank 4 of 7
+    assert idg["measured"].startswith("+10.0 points") and idg["p"] == pytest.approx(0.0036, abs=2e-4)
+    assert idg["p_holm"] == pytest.approx(4 * idg["p"], rel=1e-6) and idg["verdict"] == "holds"
+    # MDD: sd 2 and 2 over 3 seeds, df 4: (2.776 + 0.941) x 1.633 = 6.07
+    assert idg["mdd"] == pytest.approx(6.07, abs=0.01)
+    # OOD: srft 30 in every seed, grpo 30, 31, 32: difference -1, se = 1/sqrt(3), df 2: p = 0.225
     ood = v["SRFT above grpo (baseline), out of distribution"]
     assert ood["verdict"] == "not distinguishable" and "[-3.5, +1.5]" in ood["measured"]
-    ent = next(r for r in v.values() if r["claim"].startswith("rollout entropy"))
-    assert ent["verdict"] == "holds" and "srft 0.90, grpo 0.10" in ent["measured"]
-    # sft_then_grpo's final mean accuracy 41.0 is first reached at step 100; SRFT is at 55 by step 50
-    speed = next(r for r in v.values() if r["claim"].startswith("one stage"))
-    assert speed["verdict"] == "holds" and "reaches it at step 50" in speed["measured"]
+    assert ood["p"] == pytest.approx(0.225, abs=2e-3) and ood["p_holm"] == pytest.approx(2 * ood["p"], rel=1e-6)
+    # entropy relative to the base model's (the first step's, 1.0): level 0.9 vs 0.1, area 0.99 vs 0.91
+    level = next(r for c, r in v.items() if "(level" in c)
+    area = next(r for c, r in v.items() if "(area" in c)
+    assert level["verdict"] == area["verdict"] == "holds" and level["measured"].startswith("+0.80 x base")
+    assert area["measured"].startswith("+0.08 x base")
+    # speed: SRFT reaches 80% at step 50 in every seed; sft_then_grpo at 100, 100 and never (150):
+    # d = 66.7, se = 16.7, t = 4.0, df = 2: p = 0.057, x 3 by Holm: not distinguishable
+    speed = next(r for c, r in v.items() if c.startswith("one stage"))
+    assert speed["measured"].startswith("+66.7 steps") and speed["verdict"] == "not distinguishable"
+    assert speed["p_holm"] == pytest.approx(3 * speed["p"], rel=1e-6) and speed["mdd"] > 66.7
+    table = format_verdicts(list(v.values()))
+    assert "| p (Holm) | MDD | verdict |" in table and "Rules:" in table
+    # the format moves by 50 points during SRFT's runs: the entropy claims are not testable
+    v = build(think_srft=[0.0] * 9 + [0.5])
+    level = next(r for c, r in v.items() if "(level" in c)
+    assert level["verdict"] == "not testable" and "format share moved by up to 50 points" in level["note"]
+    assert len([r for r in v.values() if r["p_holm"] is not None]) == 5  # Holm over the 5 testable claims
 
 
 def test_welch_t_by_hand():
