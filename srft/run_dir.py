@@ -21,7 +21,6 @@ check, the resume point; and `train.overwrite` clears the older run (`clear_prev
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -112,8 +111,10 @@ class RunFolderLock:
                 del _HELD[self.key]
 
     def __del__(self):
-        with contextlib.suppress(Exception):  # at interpreter shutdown the operating system releases it anyway
+        try:
             self.release()
+        except Exception:  # noqa: BLE001 (at interpreter shutdown, module globals are gone; the OS releases it)
+            pass
 
 
 def _read_holder(out: Path) -> dict | None:
