@@ -121,7 +121,7 @@ def main() -> int:
         return 0
     if "trl" in a.runs:
         try:
-            import trl
+            import trl  # noqa: F401 (only whether it is installed)
         except ImportError:
             print("trl is not installed (.venv/bin/pip install trl): TRL's GRPOTrainer not run")
             a.runs = [r for r in a.runs if r != "trl"]
