@@ -654,9 +654,9 @@ def write_results(root: Path, presets, seeds, grid: dict, summary: dict, command
         text += _gap_lines(grid["runs"], presets, seeds, summary)
     verdicts = claim_verdicts(grid["runs"], presets, seeds, summary)
     if verdicts:
-        text += ["Verdicts, one per claim of the paper: \"holds\" when the 95% interval of SRFT minus the other "
-                 "excludes 0 on SRFT's side, \"fails\" when it excludes 0 on the other side, \"not "
-                 "distinguishable\" otherwise; the speed claim compares evaluated steps of the mean curves.", "",
+        text += ["Verdicts, one per claim of the paper (holds / fails / not distinguishable / not testable), each "
+                 "by the rule printed under the table: Welch's p over seeds, Holm-adjusted over every testable claim "
+                 "(p (Holm)), and the minimum detectable difference (MDD, 80% power at 0.05) beside each.", "",
                  format_verdicts(verdicts), ""]
     text += _speed_lines(presets, summary)
     text.append("Plots: " + ", ".join(f"[{p.name}](plots/{p.name})" for p in sorted((root / "plots").glob("*.png"))))
