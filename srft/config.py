@@ -1,9 +1,13 @@
 """Configuration: one dataclass tree.
 
-Precedence: dataclass defaults < preset (`--preset`, see `srft.presets.PRESETS`)
-< YAML file (`--config`) < command-line flags. Every field is a flag,
+Precedence: dataclass defaults < model kind (`srft.model_kinds`: the testbed's defaults, or
+real-model defaults for any other model) < preset (`--preset`, see `srft.presets.PRESETS`)
+< YAML file (`--config`) < command-line flags (`layer_config`; in Python, `apply_preset`
+puts the same layers under what the user set). Every field is a flag,
 `--section.field VALUE` (dashes and underscores both accepted), plus the short
-forms `--preset`, `--output-dir`, `--max-steps`, `--seed`, `--model`.
+forms `--preset`, `--output-dir`, `--max-steps`, `--seed`, `--model`, and TRL's flat
+names (`srft.trl_names`). Sections refuse unknown names with the closest ones, and every
+number is checked against its domain (`DOMAINS`).
 The resolved config is saved as `config.yaml` in the run folder.
 """
 
@@ -1011,7 +1015,7 @@ def _split_trl(over: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """defaults < preset < YAML < flags (`layer_config`)."""
+    """defaults < model kind < preset < YAML < flags (`layer_config`)."""
     flag_over = flag_overrides(args)
     yaml_over = load_yaml(args.config) if getattr(args, "config", None) else {}
     if flag_over.get("train.resume"):
