@@ -34,6 +34,7 @@ from srft.callbacks import Callbacks
 from srft.config import Config, TrainConfig, apply_preset
 from srft.evaluation import eval_metrics
 from srft.model_kinds import model_kind
+from srft.models import load_model_and_tokenizer
 from srft.run_dir import holds_run
 from srft.run_inputs import prepare_run
 from srft.stages import is_staged, run_stages
@@ -214,8 +215,6 @@ def _next_free(out: Path) -> str:
 
 
 def _load(path, cfg: Config):
-    from srft.models import load_model_and_tokenizer  # deferred: only when a folder's model is asked for
-
     return load_model_and_tokenizer(str(path), cfg.model, lambda *_: None)
 
 

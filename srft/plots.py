@@ -58,8 +58,14 @@ def make_plots(run_dir) -> list[Path]:
     plot("weights", "Entropy-based weights", [("weight/sft", "w_SFT"), ("weight/rl", "w_RL")], "weight")
     plot("response_length", "Response length", [("response_length/mean", "rollouts"),
                                                  ("response_length/demo", "demonstrations")], "tokens")
-    # evaluation: from eval.json's history (the step-0 evaluation included); a verifier's sets as an
-    # accuracy in %, sets scored by another reward as a mean reward (eval_reward.png)
+    written += _evaluation_plots(plt, run_dir, out)
+    return written
+
+
+def _evaluation_plots(plt, run_dir: Path, out: Path) -> list[Path]:
+    """accuracy.png (a verifier's sets, in %) and eval_reward.png (sets scored by another reward, as
+    a mean reward), from eval.json's history (the step-0 evaluation included)."""
+    written = []
     history, kinds = [], {}
     ev = run_dir / "eval.json"
     if ev.exists():
