@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from srft.callbacks import Callbacks
-from srft.config import Config, TrainConfig, apply_preset
+from srft.config import Config, TrainConfig, apply_preset, carry_trl_names
 from srft.evaluation import eval_metrics
 from srft.model_kinds import model_kind
 from srft.models import load_model_and_tokenizer
-from srft.run_dir import holds_run
+from srft.run_dir import holds_run, refuse_used_output_dir
 from srft.run_inputs import prepare_run
 from srft.stages import is_staged, run_stages
 from srft.trainer import Trainer
@@ -198,10 +198,7 @@ class SRFTTrainer:
             return cfg
         if holds_run(out) and not cfg.train.overwrite:
             if "output_dir" in cfg.train.__dict__.get("_user_set", set()) or str(out) != TrainConfig.output_dir:
-                raise FileExistsError(
-                    f"args.train.output_dir {out} already holds a run: pass another output_dir, "
-                    f"overwrite_output_dir=True (args.train.overwrite = True) to replace it, or "
-                    f"trainer.train(resume_from_checkpoint=True) to continue it")
+                refuse_used_output_dir(cfg, python=True)
             cfg.train.output_dir = _next_free(out)
             self.log(f"[srft] {out} holds a run; this one writes to {cfg.train.output_dir}")
         return cfg
@@ -256,11 +253,7 @@ def _copy_config(cfg: Config) -> Config:
             sub = copy.copy(sub)
             object.__setattr__(sub, "_user_set", set(sub.__dict__.get("_user_set", ())))
         sections[f.name] = sub
-    out = Config(**sections)
-    for attr in ("_trl", "_trl_set"):
-        if attr in cfg.__dict__:
-            object.__setattr__(out, attr, dict(cfg.__dict__[attr]))
-    return out
+    return carry_trl_names(cfg, Config(**sections))
 
 
 def _apply_peft_config(cfg: Config, peft_config: Any) -> None:

@@ -807,11 +807,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str, mark: b
                              f"got {type(raw).__name__} {raw!r}") from None
         if mark:
             marked.add(f"{section}.{name}")
-    out = from_dict(values, marked)
+    return carry_trl_names(cfg, from_dict(values, marked))
+
+
+def carry_trl_names(src: "Config", dst: "Config") -> "Config":
+    """`dst` with the TRL names given to `src` in Python (copied), so a preset can convert them again."""
     for attr in ("_trl", "_trl_set"):
-        if attr in cfg.__dict__:
-            object.__setattr__(out, attr, dict(cfg.__dict__[attr]))
-    return out
+        if attr in src.__dict__:
+            object.__setattr__(dst, attr, dict(src.__dict__[attr]))
+    return dst
 
 
 def from_dict(values: dict, marked: frozenset[str] = frozenset()) -> Config:

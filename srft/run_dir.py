@@ -246,12 +246,18 @@ def holds_run(out: Path) -> bool:
     return metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
 
 
-def refuse_used_output_dir(cfg: Config) -> None:
-    """A new run (no train.resume, no train.overwrite) never writes into a folder that holds a run."""
+def refuse_used_output_dir(cfg: Config, python: bool = False) -> None:
+    """A new run (no train.resume, no train.overwrite) never writes into a folder that holds a run;
+    the message names the command line's flags, or with `python` the Python API's arguments."""
     out = Path(cfg.train.output_dir)
-    if not cfg.train.resume and not cfg.train.overwrite and holds_run(out):
-        raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
-                              f"--resume {out} to continue it, or --train.overwrite true to replace it")
+    if cfg.train.resume or cfg.train.overwrite or not holds_run(out):
+        return
+    if python:
+        raise FileExistsError(f"args.train.output_dir {out} already holds a run: pass another output_dir, "
+                              f"overwrite_output_dir=True (args.train.overwrite = True) to replace it, or "
+                              f"trainer.train(resume_from_checkpoint=True) to continue it")
+    raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
+                          f"--resume {out} to continue it, or --train.overwrite true to replace it")
 
 
 def keep_matplotlib_cache_in(run_dir: Path) -> None:
