@@ -31,26 +31,9 @@ def make_plots(run_dir) -> list[Path]:
     written = []
 
     def plot(name, title, keys, ylabel):
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        drawn = False
-        for key, label in keys:
-            xs, ys = _series(rows, key)
-            if xs:
-                ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
-                drawn = True
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "not logged by this preset", ha="center", va="center", transform=ax.transAxes)
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        series = [(xs, ys, label, "." if len(xs) < 30 else None) for key, label in keys
+                  for xs, ys in [_series(rows, key)] if xs]
+        written.append(_line_plot(plt, out / f"{name}.png", title, ylabel, series, "not logged by this preset"))
 
     plot("reward", "Training reward", [("reward/mean", "rollouts"), ("reward/demo", "demonstrations")], "reward")
     plot("entropy", "Policy entropy (before each update)",
@@ -80,17 +63,26 @@ def _evaluation_plots(plt, run_dir: Path, out: Path) -> list[Path]:
             ("eval_reward.png", "Evaluation mean reward", "mean reward", 1, rewards)):
         if file == "eval_reward.png" and not sets:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for n in sets:
-            ax.plot([h["step"] for h in history], [scale * h[n] for h in history], marker="o", label=n)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if sets:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / file, dpi=110)
-        plt.close(fig)
-        written.append(out / file)
+        series = [([h["step"] for h in history], [scale * h[n] for h in history], n, "o") for n in sets]
+        written.append(_line_plot(plt, out / file, title, label, series))
     return written
+
+
+def _line_plot(plt, path: Path, title: str, ylabel: str, series: list, empty: str = "") -> Path:
+    """One PNG of lines over the step: each (xs, ys, label, marker) of `series`; `empty` written on
+    the axes when there is none."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for xs, ys, label, marker in series:
+        ax.plot(xs, ys, label=label, marker=marker)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    elif empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
