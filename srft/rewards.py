@@ -84,6 +84,9 @@ def get_reward_fn(name: Union[str, Callable], dataset: str = "testbed") -> Rewar
     if "/" in path and ":" not in path:
         raise ValueError(f"reward {name!r} looks like a hub reward model: reward models are not supported; srft "
                          f"takes reward functions (one of {sorted(BUILTIN_REWARDS)}, 'module:function' or a callable)")
+    if path.startswith("__main__:"):
+        raise ValueError(f"reward function {path!r} was defined in the script or notebook that started the run, "
+                         f"which another process cannot import: put it in a module and give 'module:function'")
     if ":" in path:
         module, attr = path.split(":", 1)
     elif "." in path:

@@ -21,6 +21,7 @@ check, the resume point; and `train.overwrite` clears the older run (`clear_prev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -31,12 +32,12 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from filelock import FileLock, Timeout
 
 from srft.checkpoint import latest_checkpoint, resume_point
-from srft.config import Config
+from srft.config import Config, save_config
 from srft.distributed import launched_rank
 from srft.errors import TrainingError
 from srft.hub import push_to_hub
@@ -258,6 +259,28 @@ def refuse_used_output_dir(cfg: Config, python: bool = False) -> None:
                               f"trainer.train(resume_from_checkpoint=True) to continue it")
     raise FileExistsError(f"train.output_dir {out} already holds a run; pass --output-dir NEW_DIR, "
                           f"--resume {out} to continue it, or --train.overwrite true to replace it")
+
+
+def save_run_config(cfg: Config, out: Path, train_rows: list, eval_rows: Optional[list]) -> None:
+    """config.yaml, re-runnable with `srft train --config`: datasets given in memory (the Python
+    API) are written beside it, the validated rows with srft's column names, as data/train.jsonl
+    and data/eval.jsonl, and config.yaml names those files."""
+    data, ev = cfg.data, cfg.eval
+    if not isinstance(data.dataset, str):
+        data = dataclasses.replace(data, dataset=_write_rows(out / "data" / "train.jsonl", train_rows),
+                                   prompt_column=None, demonstration_column=None, answer_column=None)
+    if ev.dataset is not None and not isinstance(ev.dataset, str) and eval_rows is not None:
+        ev = dataclasses.replace(ev, dataset=_write_rows(out / "data" / "eval.jsonl", eval_rows))
+    save_config(dataclasses.replace(cfg, data=data, eval=ev) if data is not cfg.data or ev is not cfg.eval else cfg,
+                out / "config.yaml")
+
+
+def _write_rows(path: Path, rows: list) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.replace(path)
+    return str(path)
 
 
 def keep_matplotlib_cache_in(run_dir: Path) -> None:

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from srft import checkpoint as ckpt
 from srft.checkpoint import latest_checkpoint  # noqa: F401 (re-exported: tests and scripts import it from here)
-from srft.config import Config, flatten, report_targets, save_config, to_dict
+from srft.config import Config, flatten, report_targets, to_dict
 from srft.data import PromptSampler, prepare_examples
 from srft.distributed import Dist
 from srft.errors import TrainingError
@@ -65,7 +65,7 @@ from srft.policy import PolicyScorer
 from srft.rewards import RewardState
 from srft.rollout import make_engine
 from srft.run_dir import finish_run, refuse_used_output_dir, start_step_logs  # noqa: F401 (re-exported)
-from srft.run_dir import hold_run_folder, holding_run_folder, releasing_run_folder_on_error
+from srft.run_dir import hold_run_folder, holding_run_folder, releasing_run_folder_on_error, save_run_config
 from srft.run_inputs import RunInputs, prepare_run
 from srft.resume_rules import record_resume
 from srft.run_log import CompletionLog, ProgressLog
@@ -88,6 +88,7 @@ class Trainer:
         self.cfg = cfg = inputs.cfg
         self.reward_fn, self.out = inputs.reward_fn, Path(cfg.train.output_dir)
         self.resume_from, self.resume_changes = inputs.resume_from, inputs.resume_changes
+        self.train_rows = inputs.rows
         set_seed(cfg.train.seed)
         log_with = report_targets(cfg.train.report_to) or None
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per
@@ -293,8 +294,8 @@ class Trainer:
         """The run's files before its first step: config.yaml, trackers, the step logs (new or cut
         back to the checkpoint), and the evaluation before training (a resumed run has it)."""
         cfg, dist = self.cfg, self.dist
-        if dist.is_main:
-            save_config(cfg, self.out / "config.yaml")
+        if dist.is_main:  # (in-memory datasets written beside it, so that it re-runs)
+            save_run_config(cfg, self.out, self.train_rows, self.eval_sets.get("eval", (None,))[0])
         if self.metrics.use_trackers:
             hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(to_dict(cfg)).items()}
             self.accelerator.init_trackers("srft", config=hp)

@@ -60,7 +60,10 @@ def test_notebook_style_script(tiny_model_dir, tmp_path):
     assert set(ev["before"]) == set(ev["after"]) == {"eval"}  # the eval dataset, before and after
     assert ev["after"]["eval"]["n"] == 10
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["data"]["dataset"] == "<in memory: 60 rows>" and saved["eval"]["dataset"] == "<in memory: 10 rows>"
+    # in-memory rows are written beside config.yaml, which names them (test_config_yaml_of_a_python_run_re_runs)
+    assert saved["data"]["dataset"] == str(run / "data" / "train.jsonl").replace(str(tmp_path) + "/", "")
+    assert len((run / "data" / "train.jsonl").read_text().splitlines()) == 60
+    assert len((run / "data" / "eval.jsonl").read_text().splitlines()) == 10
     assert saved["data"]["reward"] == "__main__:reward_len"
 
 
@@ -254,3 +257,28 @@ def test_every_argument_of_the_trainer_is_checked_when_it_is_made(kwargs, error,
     with pytest.raises(error) as e:
         SRFTTrainer(**kwargs)
     assert needle in str(e.value)
+
+
+def test_config_yaml_of_a_python_run_re_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """In-memory datasets are written beside config.yaml (data/train.jsonl, data/eval.jsonl), so
+    `srft train --config DIR/config.yaml` re-runs a Python run; a reward defined in __main__ is
+    named as such."""
+    from srft import SRFTConfig, SRFTTrainer
+    from srft.cli import main
+    from srft.rewards import get_reward_fn
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"Q:{i}+1\nA:", "demonstration": f"{i + 1}", "answer": str(i + 1)} for i in range(6)]
+    args = SRFTConfig(output_dir="py", max_steps=1, max_completion_length=4)
+    args.train.prompts_per_step, args.eval.max_new_tokens = 2, 4
+    SRFTTrainer(str(tiny_model_dir), "tests.test_train_tiny:length_reward", args, train_dataset=rows,
+                eval_dataset=rows[:3], log=lambda *a: None).train()
+    saved = yaml.safe_load(Path("py/config.yaml").read_text())
+    assert saved["data"]["dataset"] == str(Path("py") / "data" / "train.jsonl")
+    assert saved["eval"]["dataset"] == str(Path("py") / "data" / "eval.jsonl")
+    assert [json.loads(x)["prompt"] for x in Path("py/data/train.jsonl").read_text().splitlines()] == \
+        [r["prompt"] for r in rows]
+    assert main(["train", "--config", "py/config.yaml", "--output-dir", "again"]) == 0
+    assert Path("again/final/model.safetensors").is_file()
+    with pytest.raises(ValueError, match="was defined in the script or notebook that started the run"):
+        get_reward_fn("__main__:reward_len")
