@@ -211,7 +211,8 @@ def holding_run_folder(train):
 
 # what a run writes into its folder, removed by train.overwrite (anything else is left as it is)
 RUN_FILES = ("checkpoints", "final", ".tmp-final", "eval.json", "plots", "metrics.jsonl", ".tmp-metrics.jsonl",
-             "rollouts.jsonl", "completions.jsonl", "config.yaml", "resumes.jsonl", "srft")
+             "rollouts.jsonl", "completions.jsonl", "config.yaml", "resumes.jsonl", "srft", "train_rows.jsonl",
+             "eval_rows.jsonl")
 STAGE_FOLDER = re.compile(r"stage\d+-[\w-]+")
 
 
@@ -263,14 +264,14 @@ def refuse_used_output_dir(cfg: Config, python: bool = False) -> None:
 
 def save_run_config(cfg: Config, out: Path, train_rows: list, eval_rows: Optional[list]) -> None:
     """config.yaml, re-runnable with `srft train --config`: datasets given in memory (the Python
-    API) are written beside it, the validated rows with srft's column names, as data/train.jsonl
-    and data/eval.jsonl, and config.yaml names those files."""
+    API) are written beside it, the validated rows with srft's column names, as train_rows.jsonl
+    and eval_rows.jsonl, and config.yaml names those files."""
     data, ev = cfg.data, cfg.eval
     if not isinstance(data.dataset, str):
-        data = dataclasses.replace(data, dataset=_write_rows(out / "data" / "train.jsonl", train_rows),
+        data = dataclasses.replace(data, dataset=_write_rows(out / "train_rows.jsonl", train_rows),
                                    prompt_column=None, demonstration_column=None, answer_column=None)
     if ev.dataset is not None and not isinstance(ev.dataset, str) and eval_rows is not None:
-        ev = dataclasses.replace(ev, dataset=_write_rows(out / "data" / "eval.jsonl", eval_rows))
+        ev = dataclasses.replace(ev, dataset=_write_rows(out / "eval_rows.jsonl", eval_rows))
     save_config(dataclasses.replace(cfg, data=data, eval=ev) if data is not cfg.data or ev is not cfg.eval else cfg,
                 out / "config.yaml")
 

@@ -61,9 +61,9 @@ def test_notebook_style_script(tiny_model_dir, tmp_path):
     assert ev["after"]["eval"]["n"] == 10
     saved = yaml.safe_load((run / "config.yaml").read_text())
     # in-memory rows are written beside config.yaml, which names them (test_config_yaml_of_a_python_run_re_runs)
-    assert saved["data"]["dataset"] == str(run / "data" / "train.jsonl").replace(str(tmp_path) + "/", "")
-    assert len((run / "data" / "train.jsonl").read_text().splitlines()) == 60
-    assert len((run / "data" / "eval.jsonl").read_text().splitlines()) == 10
+    assert saved["data"]["dataset"] == str(run / "train_rows.jsonl").replace(str(tmp_path) + "/", "")
+    assert len((run / "train_rows.jsonl").read_text().splitlines()) == 60
+    assert len((run / "eval_rows.jsonl").read_text().splitlines()) == 10
     assert saved["data"]["reward"] == "__main__:reward_len"
 
 
@@ -260,7 +260,7 @@ def test_every_argument_of_the_trainer_is_checked_when_it_is_made(kwargs, error,
 
 
 def test_config_yaml_of_a_python_run_re_runs(tiny_model_dir, tmp_path, monkeypatch):
-    """In-memory datasets are written beside config.yaml (data/train.jsonl, data/eval.jsonl), so
+    """In-memory datasets are written beside config.yaml (train_rows.jsonl, eval_rows.jsonl), so
     `srft train --config DIR/config.yaml` re-runs a Python run; a reward defined in __main__ is
     named as such."""
     from srft import SRFTConfig, SRFTTrainer
@@ -274,9 +274,9 @@ def test_config_yaml_of_a_python_run_re_runs(tiny_model_dir, tmp_path, monkeypat
     SRFTTrainer(str(tiny_model_dir), "tests.test_train_tiny:length_reward", args, train_dataset=rows,
                 eval_dataset=rows[:3], log=lambda *a: None).train()
     saved = yaml.safe_load(Path("py/config.yaml").read_text())
-    assert saved["data"]["dataset"] == str(Path("py") / "data" / "train.jsonl")
-    assert saved["eval"]["dataset"] == str(Path("py") / "data" / "eval.jsonl")
-    assert [json.loads(x)["prompt"] for x in Path("py/data/train.jsonl").read_text().splitlines()] == \
+    assert saved["data"]["dataset"] == str(Path("py") / "train_rows.jsonl")
+    assert saved["eval"]["dataset"] == str(Path("py") / "eval_rows.jsonl")
+    assert [json.loads(x)["prompt"] for x in Path("py/train_rows.jsonl").read_text().splitlines()] == \
         [r["prompt"] for r in rows]
     assert main(["train", "--config", "py/config.yaml", "--output-dir", "again"]) == 0
     assert Path("again/final/model.safetensors").is_file()
