@@ -363,6 +363,7 @@ class Config:
 
     def validate(self) -> None:
         """Each field inside its domain (`DOMAINS`), then cross-field checks; raises ValueError naming the field."""
+        check_types(self)
         check_domains(self)
         r, t = self.rollout, self.train
         group = r.n_rollouts + r.n_demos
@@ -515,6 +516,26 @@ def numeric_fields() -> list[str]:
     return out
 
 
+def check_types(cfg: "Config") -> None:
+    """Every true/false field holds a bool and every text field text (a Python user can assign
+    anything; "yes" is not True): a ValueError naming the field. Numbers are DOMAINS'; the fields
+    that take Python objects too (datasets, reward functions, trackers) are checked where used."""
+    objects = {"data.dataset", "eval.dataset", "data.reward", "train.report_to", "eval.benchmark",
+               "model.lora_target_modules"}
+    for s in SECTIONS:
+        sub = getattr(cfg, s)
+        for f in dataclasses.fields(sub):
+            key, value = f"{s}.{f.name}", getattr(sub, f.name)
+            tp = _field_type(type(sub), f.name)
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            base, optional = (args[0], True) if args else (tp, False)
+            if key in objects or base not in (bool, str) or (optional and value is None):
+                continue
+            if not isinstance(value, base):
+                raise ValueError(f"{key} must be {'true or false' if base is bool else 'text'}, got "
+                                 f"{type(value).__name__} {value!r}")
+
+
 def check_domains(cfg: "Config") -> None:
     """Every number of DOMAINS inside its meaning; a ValueError naming the field and its domain."""
     for key, (ok, what) in DOMAINS.items():
@@ -623,7 +644,12 @@ def set_trl_names(cfg: "Config", values: dict[str, Any]) -> None:
     over = to_srft({**{k: v for k, v in values.items() if k not in BATCH}, **batch}, preset_group(cfg))
     for key, value in over.items():
         section, name = key.split(".")
-        setattr(getattr(cfg, section), name, _parse_value(value, _field_type(type(getattr(cfg, section)), name)))
+        trl = next((n for n in values if key in targets(n)), None) or key
+        try:
+            parsed = _parse_value(value, _field_type(type(getattr(cfg, section)), name))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{trl} (sets {key}): bad value {value!r}: {e}") from None
+        setattr(getattr(cfg, section), name, parsed)
     object.__setattr__(cfg, "_trl_set", {**cfg.__dict__.get("_trl_set", {}),
                                          **{k: _get(cfg, k) for k in over if k in _batch_targets()}})
 

@@ -344,3 +344,19 @@ def test_reliability_md_lists_every_domain():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     assert domains_markdown() in doc, "docs/reliability.md's domain table is stale: regenerate it from DOMAINS"
+
+
+@pytest.mark.parametrize("key,bad", [("objective.demo_filter", "yes"), ("model.trust_remote_code", 1),
+                                     ("train.overwrite", "true"), ("objective.rl_self_form", 3),
+                                     ("train.output_dir", ["a"])])
+def test_a_python_value_of_the_wrong_type_is_refused_naming_the_field(key, bad):
+    cfg = Config()
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, bad)
+    with pytest.raises(ValueError, match=re.escape(key) + r" must be (true or false|text), got"):
+        cfg.validate()
+
+
+def test_a_bad_value_for_a_trl_name_names_it():
+    with pytest.raises(ValueError, match=r"learning_rate \(sets optim.lr\): bad value 'abc'"):
+        Config(learning_rate="abc")
